@@ -38,7 +38,7 @@ def test_smoke_profile_of_every_experiment(tmp_path, capsys):
                      echo=None)
     wall = time.perf_counter() - t0
     with capsys.disabled():
-        print(f"\nsmoke profile: {len(res)} notebooks in {wall:.1f} s "
+        print("\n" + runner.wall_line(res, "smoke", wall) + ": "
               + ", ".join(f"{r['name']} {r['seconds']:.1f} s" for r in res))
     failed = [f"{r['name']}: {r['error']}" for r in res if r["status"] != "ok"]
     assert not failed, "; ".join(failed)
