@@ -32,7 +32,7 @@ reproduce: $(STAMP)
 	$(VENV)/bin/tokenlab run --profile $(PROFILE) --jobs $(JOBS) --resume
 
 test: $(STAMP)
-	$(VENV)/bin/tokenlab fetch --tier core
+	$(VENV)/bin/tokenlab fetch --tier all
 	$(PY) -m pytest -q -n 2 tests
 
 lab: $(STAMP)
