@@ -96,7 +96,7 @@ def _hf_of(name):
 
 def test_to_hf_saves_and_loads_in_transformers(tmp_path):
     from transformers import PreTrainedTokenizerFast
-    for name in ["utf8-bytes", "mistral-v1", "qwen3"]:
+    for name in ["utf8-bytes", "gpt2", "mistral-v1", "qwen3"]:
         tok = tok_(name)
         tok.to_hf().save(str(tmp_path / f"{name}.json"))
         fast = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / f"{name}.json"))
