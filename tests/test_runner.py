@@ -138,3 +138,16 @@ def test_repository_profiles_are_valid():
     for stem in set(nbs) & set(profiles):
         for p in profiles[stem]:
             if p != "defaults": runner.resolve_params(stem, nbs[stem], p, profiles)
+
+
+def test_resume_reruns_when_an_output_is_gone(experiments, tmp_path, monkeypatch):
+    figs = tmp_path / "figs"
+    monkeypatch.setenv("TOKENLAB_FIGURES", str(figs))
+    experiments.add("t1", "profile = 'smoke'",
+                    "import pandas as pd\nfrom tokenlab import results\nresults.init('t1', profile, {}, 0)\n"
+                    "results.save_table(pd.DataFrame({'a': [1, 2]}), 't1_table', 'a table')")
+    assert _run(experiments, tmp_path, ["t1"], "smoke")[0]["status"] == "ok"
+    assert _run(experiments, tmp_path, ["t1"], "smoke", resume=True)[0]["status"] == "skipped"
+    (figs / "smoke" / "t1_table.csv").unlink()
+    assert _run(experiments, tmp_path, ["t1"], "smoke", resume=True)[0]["status"] == "ok"
+    assert (figs / "smoke" / "t1_table.csv").exists()
