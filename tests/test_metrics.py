@@ -1,0 +1,50 @@
+"""Tokenizer metrics on real tokenizers: invariants (hypothesis), clear errors, and known magnitudes."""
+import math
+import pytest
+from hypothesis import given, settings, strategies as st
+from tokenlab.core import TokenlabError
+from tokenlab.metrics import tokenizer_metrics, renyi_efficiency, renyi_entropy, words
+from tokenlab.tokenizers import load_tokenizer
+from tokenlab.corpora import udhr_articles
+
+NAMES = ["gpt2", "mistral-v1", "llama3", "gguf:bert-bge", "utf8-bytes"]
+text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80)
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=40, deadline=None)
+@given(s=text)
+def test_metrics_are_bounded_or_refused(name, s):
+    tok = load_tokenizer(name)
+    try:
+        m = tokenizer_metrics(tok, s)
+    except TokenlabError as e:             # whitespace-only, or no words at all: a one-line error, never NaN
+        assert "\n" not in str(e) and (not s.strip() or not words(s))
+        return
+    assert all(not (isinstance(v, float) and math.isnan(v)) for v in m.values())
+    assert 0 <= m["renyi_efficiency"] <= m["shannon_efficiency"] + 1e-12 <= 1 + 1e-12
+    assert 0 < m["vocab_utilisation"] <= 1 and 0 <= m["unk_rate"] <= 1 and 0 <= m["byte_fallback_rate"] <= 1
+    assert m["fertility"] > 0 and m["bytes_per_token"] > 0
+
+@pytest.mark.parametrize("bad", ["", " ", "\n\t  ", [" ", ""]])
+def test_empty_or_whitespace_is_a_clear_error(bad):
+    with pytest.raises(TokenlabError, match="empty or whitespace-only"):
+        tokenizer_metrics(load_tokenizer("gpt2"), bad)
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 50), min_size=2, max_size=40).filter(lambda c: sum(c) > 0),
+       st.floats(1.01, 5))
+def test_renyi_entropy_is_non_increasing_in_alpha(counts, alpha):
+    assert renyi_entropy(counts, alpha) <= renyi_entropy(counts, 1.0) + 1e-9
+    assert renyi_efficiency(counts, max(2, len(counts))) <= 1 + 1e-9
+
+def test_known_magnitudes_on_udhr():
+    eng = list(udhr_articles("eng").values())
+    gpt2 = tokenizer_metrics(load_tokenizer("gpt2"), eng, reference=load_tokenizer("utf8-bytes"))
+    assert 4 < gpt2["bytes_per_token"] < 6 and 1.0 < gpt2["fertility"] < 1.6     # English words are mostly one token
+    assert gpt2["nsl"] == pytest.approx(1 / gpt2["bytes_per_token"])
+    mya = list(udhr_articles("mya").values())
+    assert tokenizer_metrics(load_tokenizer("gpt2"), mya)["bytes_per_token"] < 1.5      # Burmese: byte soup
+    mis = tokenizer_metrics(load_tokenizer("mistral-v1"), mya)
+    assert mis["byte_fallback_rate"] > 0.3                                               # SentencePiece falls back to bytes
+    bert = tokenizer_metrics(load_tokenizer("gguf:bert-bge"), list(udhr_articles("amh").values()))
+    assert bert["unk_rate"] > 0.2                                                        # Ge'ez script: [UNK]s
