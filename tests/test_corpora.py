@@ -41,3 +41,12 @@ def test_english_corpus():
     assert len(text.encode()) > 10_000_000 and "Call me Ishmael" in text and "Fellow-Citizens" in text
     cut = english_corpus(limit_bytes=1000)
     assert len(cut.encode()) <= 1000 and text.startswith(cut)
+
+
+def test_udhr_sample_is_script_diverse_and_deterministic():
+    from tokenlab.corpora import udhr_sample, udhr_languages, UDHR_ENGLISH
+    s = udhr_sample(12)
+    others = s[s.code != UDHR_ENGLISH]
+    assert len(s) == 12 and UDHR_ENGLISH in set(s.code) and others.script.nunique() == 11   # one per script besides English
+    assert s.equals(udhr_sample(12)) and list(s.code) == sorted(s.code)
+    assert len(udhr_sample("all")) == len(udhr_languages())
