@@ -5,6 +5,7 @@ from pathlib import Path
 
 BENCHMARKS = {
     "tokenizer_throughput": "bench.tokenizer_throughput",
+    "tokenizer_metrics_all": "bench.tokenizer_metrics_all",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

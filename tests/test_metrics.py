@@ -48,3 +48,27 @@ def test_known_magnitudes_on_udhr():
     assert mis["byte_fallback_rate"] > 0.3                                               # SentencePiece falls back to bytes
     bert = tokenizer_metrics(load_tokenizer("gguf:bert-bge"), list(udhr_articles("amh").values()))
     assert bert["unk_rate"] > 0.2                                                        # Ge'ez script: [UNK]s
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mistral-v1"])
+@pytest.mark.parametrize("alpha", [1.5, 2.5, 3.0])
+def test_renyi_efficiency_agrees_with_the_reference_scorer(name, alpha):
+    "Zouhar et al.'s tokenization-scorer on the same ids, with the full vocabulary (its `vocab=`), gives our value."
+    import contextlib, io
+    from tokenization_scorer.metrics import get_metric
+    tok = load_tokenizer(name)
+    ids = tok.encode_batch(list(udhr_articles("eng").values()))
+    ours = tokenizer_metrics(tok, list(udhr_articles("eng").values()), alpha=alpha)["renyi_efficiency"]
+    with contextlib.redirect_stderr(io.StringIO()):
+        peer = get_metric("renyi")(([str(i) for i in x] for x in ids), power=alpha, vocab=tok.vocab_size)
+    assert ours == pytest.approx(peer, rel=1e-9)
+
+
+def test_language_metrics_on_udhr_match_the_pooled_and_per_language_counts():
+    from tokenlab.metrics import language_metrics
+    texts = {c: udhr_articles(c) for c in ("eng", "fra", "cmn_hans")}
+    tok = load_tokenizer("gpt2")
+    pooled, by = language_metrics(tok, texts, "eng")
+    assert by.tokens.tolist() == [sum(tok.count_tokens(list(texts[c].values()))) for c in texts]
+    assert pooled["tokens"] == by.tokens.sum() and by.premium.iloc[0] == 1.0
+    assert by.set_index("language").premium["cmn_hans"] > by.set_index("language").premium["fra"] > 1
