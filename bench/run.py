@@ -6,6 +6,7 @@ from pathlib import Path
 BENCHMARKS = {
     "tokenizer_throughput": "bench.tokenizer_throughput",
     "tokenizer_metrics_all": "bench.tokenizer_metrics_all",
+    "bpe_train": "bench.bpe_train",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
