@@ -1,6 +1,6 @@
 """Research BPE training time: tokenlab.bpe vs HF tokenizers' BpeTrainer (8k merges, ~12 MB) and vs minbpe (slice)."""
 from __future__ import annotations
-import json, os, subprocess, sys, tempfile, time
+import os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 DESCRIPTION = ("Wall time to learn 8,000 byte-level BPE merges on the English corpus (~12 MB, split at newlines): "
@@ -32,16 +32,13 @@ def _time(fn):
 
 def run() -> dict:
     from tokenlab.corpora import english_corpus
-    from tokenlab.bpe import train_bpe, BPE_SPLIT
+    from tokenlab.bpe import train_bpe, read_hf_bpe, BPE_SPLIT
     from tokenlab.train import train_tokenizer
-    from tokenlab.tokenizers import unicode_to_byte
     text = english_corpus()
     chunks = text.split("\n")
     hf, t_hf = _time(lambda: train_tokenizer(chunks, "bpe", 256 + MERGES))
     ours, t_ours = _time(lambda: train_bpe(chunks, 256 + MERGES, progress=False))
-    u2b = unicode_to_byte()
-    hm = [tuple(bytes(u2b[c] for c in p) for p in (m.split(" ", 1) if isinstance(m, str) else m))
-          for m in json.loads(hf.to_hf().to_str())["model"]["merges"]]
+    hm = read_hf_bpe(hf.to_hf())[1]
     same = hm == [(ours.vocab[a], ours.vocab[b]) for a, b in ours.merges]
     res = {"ours": {"seconds_8k_merges": t_ours, "corpus_MB": len(text.encode()) / 1e6, "merges": len(ours.merges),
                     "x_slower_than_hf": t_ours / t_hf, "within_5x_of_hf": t_ours / t_hf <= 5, "merges_identical_to_hf": same},

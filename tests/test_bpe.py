@@ -1,19 +1,16 @@
 """Research BPE: same merges as HF's trainer, round trips, Scaffold-BPE, export to tokenizer.json."""
 from __future__ import annotations
-import functools, json
+import functools
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 from tokenlab.core import TokenlabError
 from tokenlab.corpora import english_corpus
-from tokenlab.tokenizers import unicode_to_byte
 from tokenlab.train import train_tokenizer, save_tokenizer
-from tokenlab.bpe import train_bpe, load_bpe, ResearchBPE
+from tokenlab.bpe import train_bpe, load_bpe, ResearchBPE, read_hf_bpe
 
 
 def _hf_merges(tok) -> list[tuple[bytes, bytes]]:
-    u2b = unicode_to_byte()
-    ms = json.loads(tok.to_hf().to_str())["model"]["merges"]
-    return [tuple(bytes(u2b[c] for c in p) for p in (m.split(" ", 1) if isinstance(m, str) else m)) for m in ms]
+    return read_hf_bpe(tok.to_hf())[1]
 
 
 def _ours(bpe: ResearchBPE) -> list[tuple[bytes, bytes]]:

@@ -1,5 +1,6 @@
 """HF trainers: every kind trains on English and a UDHR mixture, saves for transformers, same ids after loading."""
 from __future__ import annotations
+import functools
 import pytest
 from hypothesis import given, settings, strategies as st
 from tokenlab.core import TokenlabError
@@ -21,13 +22,15 @@ def test_kind_trains_saves_and_loads_in_transformers(kind, tmp_path):
         assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text) == back.encode(text)
 
 
-_BPE = train_tokenizer(MIX, "bpe", 600)
+@functools.cache
+def _bpe():
+    return train_tokenizer(MIX, "bpe", 600)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=80))
 def test_byte_level_bpe_round_trips_arbitrary_unicode(s):
-    assert _BPE.decode(_BPE.encode(s)) == s.encode("utf-8", errors="replace").decode("utf-8")
+    assert _bpe().decode(_bpe().encode(s)) == s.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def test_errors():
