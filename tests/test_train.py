@@ -37,3 +37,9 @@ def test_errors():
     with pytest.raises(TokenlabError, match="empty corpus"): train_tokenizer([" \n", ""], "bpe", 500)
     with pytest.raises(TokenlabError, match="valid tokenizer kinds"): train_tokenizer(MIX, "spm", 500)
     with pytest.raises(TokenlabError, match="too small"): train_tokenizer(MIX, "bpe", 200)
+
+
+def test_byte_level_bpe_training_is_deterministic():
+    "HF's WordPiece/Unigram trainers are not (tokenizers#1794, QUARANTINES.md); byte-level BPE must be."
+    a, b = (train_tokenizer(MIX, "bpe", 800).to_hf().to_str() for _ in range(2))
+    assert a == b
