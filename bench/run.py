@@ -7,6 +7,7 @@ BENCHMARKS = {
     "tokenizer_throughput": "bench.tokenizer_throughput",
     "tokenizer_metrics_all": "bench.tokenizer_metrics_all",
     "bpe_train": "bench.bpe_train",
+    "mixture_lp": "bench.mixture_lp",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
