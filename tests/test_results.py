@@ -56,7 +56,7 @@ def test_claims_verdicts():
     assert results.claim("b", "s", 0.5, ">1", np.bool_(False), "P")["verdict"] == "not reproduced"
     assert results.claim("c", "s", np.float64(2.5), ">1", "direction only", "P")["measured"] == 2.5
     with pytest.raises(TokenlabError, match="^unknown verdict 'yes'; valid verdicts: direction only, holds, "
-                                            "not reproduced, reversed$"):
+                                            "inconclusive, not reproduced, reversed$"):
         results.claim("d", "s", 1, 1, "yes", "P")
 
 

@@ -17,7 +17,7 @@ __all__ = ['VERDICTS', 'PACKAGES', 'seed_everything', 'init', 'context', 'report
            'package_versions', 'read_manifest', 'render_report', 'savefig', 'save_table', 'claim']
 
 # %% ../nbs/03_results.ipynb #33beea0b
-VERDICTS = ("holds", "direction only", "not reproduced", "reversed")
+VERDICTS = ("holds", "direction only", "not reproduced", "reversed", "inconclusive")   # inconclusive: the run could not decide (e.g. nothing was learned)
 PACKAGES = ("tokenlab", "torch", "transformers", "tokenizers", "tiktoken", "numpy", "pandas", "matplotlib")
 _T_IMPORT = time.perf_counter()
 _CTX: dict | None = None
