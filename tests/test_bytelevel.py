@@ -84,3 +84,10 @@ def test_safe_boundary_on_gpt2():
     g = load_tokenizer("gpt2")
     ids, rest = safe_boundary(g, "Hello there, my frie")
     assert g.decode(ids) == "Hello there, my" and rest == b" frie"
+
+
+def test_pruning_everything_falls_back_to_the_exact_sum():
+    t, nt = _iid(tuple(VOCABS[0]), 0.7)
+    exact = next_byte_probs(nt, t, [], b"ab", mpe_valid(t))
+    pruned = next_byte_probs(nt, t, [], b"ab", mpe_valid(t), min_prob=0.999)     # no token is that likely
+    assert exact.sum() > 0 and np.allclose(pruned, exact)

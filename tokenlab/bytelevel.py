@@ -107,6 +107,8 @@ def next_byte_probs(next_token_probs: Callable[[list[int]], np.ndarray], tok: To
             elif rem.startswith(b) and (max_depth is None or depth + 1 < max_depth or len(b) == len(rem)):
                 if ok(path + [int(v)]): walk(path + [int(v)], pos + len(b), p_path * p[v], depth + 1)
     walk([], 0, 1.0, 0)
+    if min_prob > 0 and not out.sum() > 0:       # every path was pruned: the exact, unpruned sum instead
+        return next_byte_probs(next_token_probs, tok, prefix, rest, valid, 0.0, max_depth, (tb, first))
     return out
 
 def naive_next_byte_probs(next_token_probs, tok: Tokenizer, ids: Sequence[int], table=None) -> np.ndarray:
