@@ -148,14 +148,14 @@ def model():
 
 
 def test_collect_tiny_llama(model):
-    ids = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(0))
     si = collect(model, ids)
-    assert si.hidden.shape == (2, 3, 16, 32) and si.attn.shape == (2, 2, 4, 16, 16)
+    assert si.hidden.shape == (4, 3, 16, 32) and si.attn.shape == (4, 2, 4, 16, 16)
     assert model.config._attn_implementation == "sdpa"
     # eager attention probabilities match a direct computation from q, k (layer 0)
     attn = model.model.layers[0].self_attn
     x = model.model.layers[0].input_layernorm(si.hidden[:, 0])
-    q = attn.q_proj(x).view(2, 16, 4, 8).transpose(1, 2); k = attn.k_proj(x).view(2, 16, 4, 8).transpose(1, 2)
+    q = attn.q_proj(x).view(4, 16, 4, 8).transpose(1, 2); k = attn.k_proj(x).view(4, 16, 4, 8).transpose(1, 2)
     cos, sin = model.model.rotary_emb(x, torch.arange(16)[None])
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
@@ -163,11 +163,12 @@ def test_collect_tiny_llama(model):
     assert torch.allclose(si.attn[:, 0], A, atol=1e-5)
     # every metric runs on the collected inputs
     assert 0 <= sink_rate(si.attn) <= 1
-    assert value_drain(si.v_norm).shape == (2, 2, 4) and residual_peak(si.hidden).shape == (2, 3)
+    assert value_drain(si.v_norm).shape == (4, 2, 4) and residual_peak(si.hidden).shape == (4, 3)
     assert len(massive_activations(si.hidden)) == 3
     ranks = logit_lens_ranks(si.hidden, model.model.norm, model.lm_head)
-    assert ranks.shape == (2, 3, 16) and (ranks[:, -1] == 0).all()
-    assert 0 <= layer_linearity(si.hidden).min() and layer_linearity(si.hidden).max() <= 1
+    assert ranks.shape == (4, 3, 16) and (ranks[:, -1] == 0).all()
+    lin = layer_linearity(si.hidden)               # N = 64 tokens > d = 32
+    assert lin.shape == (2,) and 0 <= lin.min() and lin.max() <= 1
     no_attn = collect(model, ids, attention=False)
     assert no_attn.attn is None and torch.allclose(no_attn.hidden, si.hidden, atol=1e-6)
 
@@ -198,3 +199,10 @@ def test_hooks_are_removed_on_exit_and_on_error(model):
 def test_collect_refuses_non_llama_and_bad_ids(model):
     with pytest.raises(TokenlabError, match="Llama-family"): collect(torch.nn.Linear(2, 2), torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(TokenlabError, match=r"\(B, T\)"): collect(model, torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_linearity_refuses_too_few_tokens():
+    with pytest.raises(TokenlabError, match="more tokens than dimensions"):
+        linearity(torch.randn(5, 8), torch.randn(5, 8))
+    with pytest.raises(TokenlabError, match="more tokens than dimensions"):
+        layer_linearity(torch.randn(1, 3, 4, 8))
