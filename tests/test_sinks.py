@@ -1,0 +1,208 @@
+"""Sink and activation metrics: hand-made tensors with known answers, general properties, and a tiny-Llama smoke."""
+from __future__ import annotations
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+from tokenlab.core import TokenlabError
+from tokenlab import sinks
+from tokenlab.sinks import (SINK_METRICS, sink_metric, sink_scores, sink_rate, first_token_share, value_drain, residual_peak,
+                            massive_activations, sink_token_similarity, head_activity, dormant_by_domain, logit_lens_ranks,
+                            linearity, token_nonlinearity, layer_linearity, collect, record_llama)
+from tokenlab.zoo import tiny_llama
+
+torch.set_num_threads(1)
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def causal_softmax(scores):
+    T = scores.shape[-1]
+    return torch.softmax(scores.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf")), -1)
+
+
+def test_registry_names_and_error():
+    assert {"sink_scores", "sink_rate", "value_drain", "residual_peak", "massive_activations", "sink_token_similarity",
+            "head_activity", "logit_lens_ranks", "linearity", "token_nonlinearity", "layer_linearity"} <= set(SINK_METRICS)
+    assert sink_metric("value_drain") is value_drain
+    with pytest.raises(TokenlabError, match="unknown sink metric 'x'; valid sink metrics: "):
+        sink_metric("x")
+
+
+@SETTINGS
+@given(st.integers(2, 12), st.integers(0, 2**31 - 1))
+def test_sink_scores_of_any_causal_attention_average_to_the_column_mean(T, seed):
+    A = causal_softmax(torch.randn(3, T, T, generator=torch.Generator().manual_seed(seed)))
+    a = sink_scores(A)
+    assert a.shape == (3, T)
+    for k in range(T): assert torch.allclose(a[:, k], A[:, k:, k].mean(-1), atol=1e-6)
+    assert torch.allclose((a * torch.arange(T, 0, -1)).sum(-1), torch.full((3,), float(T)), atol=1e-4)   # each row sums to 1
+    assert torch.allclose(a[:, -1], A[:, -1, -1])
+
+
+def test_sink_rate_threshold_and_shapes():
+    T = 64
+    A = torch.zeros(2, 3, 4, T, T)
+    A[..., :, :] = torch.eye(T)                      # self-attention only: alpha_0 = 1/T
+    A[0, 1, 2, :, 0] = 1; A[0, 1, 2] = A[0, 1, 2] * (torch.arange(T) == 0)   # one sink head
+    assert sink_rate(A) == pytest.approx(1 / 24)
+    A[1, 0, 0] = 0.31 * torch.eye(T); A[1, 0, 0, :, 0] += 0.69; A[1, 0, 0, 0, 0] = 1   # alpha_0 = 0.69 + 0.31/T > 0.3
+    assert sink_rate(A) == pytest.approx(2 / 24)
+    assert sink_rate(A, eps=1.0) == 0
+    with pytest.raises(TokenlabError, match="eps"): sink_rate(A, eps=2)
+    with pytest.raises(TokenlabError, match=r"\(\.\.\., T, T\)"): sink_scores(torch.zeros(3, 4))
+
+
+def test_first_token_share_selects_queries_and_renormalises():
+    T = 5
+    A = torch.tril(torch.ones(T, T)); A = A / A.sum(-1, keepdim=True)
+    A = torch.stack([A, 3 * A])[None]                          # (B=1, H=2, T, T); head 1 unnormalised
+    m = torch.tensor([[False, True, False, False, True]])
+    assert torch.allclose(first_token_share(A, m), torch.tensor([(1 / 2 + 1 / 5) / 2] * 2))
+    with pytest.raises(TokenlabError, match="no query"): first_token_share(A, torch.zeros(1, T, dtype=torch.bool))
+    with pytest.raises(TokenlabError, match="query_mask"): first_token_share(A, torch.ones(2, T, dtype=torch.bool))
+
+
+@SETTINGS
+@given(st.floats(0.01, 100), st.integers(0, 2**31 - 1))
+def test_drain_and_peak_are_scale_invariant_ratios(c, seed):
+    g = torch.Generator().manual_seed(seed)
+    v, h = torch.rand(2, 3, 7, generator=g) + 0.1, torch.randn(2, 7, 5, generator=g)
+    assert torch.allclose(value_drain(c * v), value_drain(v), rtol=1e-4)
+    assert torch.allclose(residual_peak(c * h), residual_peak(h), rtol=1e-4)
+    assert torch.allclose(value_drain(v), v[..., 0] / v[..., 1:].mean(-1))
+
+
+def test_drain_and_peak_known_values():
+    assert value_drain(torch.tensor([0.5, 1.0, 2.0, 3.0])).item() == 0.25
+    h = torch.zeros(5, 3); h[:, 2] = torch.tensor([-40., 1, 2, 3, 4])
+    assert residual_peak(h).item() == pytest.approx(40 / 2.5)       # median of 1, 2, 3, 4 (interpolated)
+    with pytest.raises(TokenlabError): value_drain(torch.ones(3, 1))
+
+
+def test_massive_activations_both_criteria():
+    h = torch.randn(2, 4, 6, 16, generator=torch.Generator().manual_seed(0)) * 0.1
+    h[0, 3, 0, 7] = 2000.0; h[1, 3, 0, 7] = 1900.0            # block 3, BOS, dim 7 in both samples
+    h[0, 2, 0, 7] = 150.0                                       # above 100 but not 1000x the median (~0.07)? it is: check ratio flag
+    h[:, 1] *= 1000                                             # layer 1: large everywhere, no outlier (ratio small)
+    df = massive_activations(h, top=2)
+    assert df.layer.tolist() == [0, 1, 2, 3]
+    row = df.iloc[3]
+    assert row.top_dims == [7, 7] and row.top_positions == [0, 0] and sorted(row.top_samples) == [0, 1]
+    assert row.massive and row.ratio > 1000
+    assert df.iloc[1].above_abs and not df.iloc[1].above_ratio and not df.iloc[1].massive
+    assert df.iloc[2].above_abs and df.iloc[2].above_ratio
+    assert not df.iloc[0].above_abs
+
+
+def test_sink_token_similarity_groups():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 20, 32, generator=g)
+    rec = torch.rand(2, 20, generator=g) * 0.1
+    for b, t in [(0, 5), (1, 9)]: h[b, t] = 2 * h[b, 0] + 0.01 * torch.randn(32, generator=g); rec[b, t] = 1.0
+    s = sink_token_similarity(h, rec, frac=2 / 38)
+    assert s["n_high"] == 2 and s["cos_high"] > 0.99 and abs(s["cos_low"]) < 0.3
+    with pytest.raises(TokenlabError): sink_token_similarity(h, rec[:, :5])
+
+
+def test_dormant_heads_by_domain():
+    stats = {"a": (torch.tensor([[0.8, 0.8], [0.2, 0.9]]), torch.tensor([[0.1, 1.0], [1.0, 0.2]])),
+             "b": (torch.tensor([[0.1, 0.8], [0.2, 0.9]]), torch.tensor([[1.0, 1.0], [1.0, 1.0]]))}
+    df = dormant_by_domain(stats)
+    assert set(map(tuple, df[df.dormant][["domain", "layer", "head"]].values.tolist())) == {("a", 0, 0), ("a", 1, 1)}
+    assert head_activity(torch.tensor([[0.31, 0.29]]), torch.tensor([[0.0, 0.0]]), reference=torch.ones(1, 2)).tolist() == [[True, False]]
+
+
+def test_logit_lens_ranks_known():
+    W = torch.eye(4)
+    h = torch.tensor([[[[4., 3, 2, 1]], [[1., 2, 3, 4]], [[0., 0, 0, 9]]]])   # (1, 3, 1, 4)
+    r = logit_lens_ranks(h, torch.nn.Identity(), lambda x: x @ W.T)
+    assert r.tolist() == [[[3], [0], [0]]]
+    r = logit_lens_ranks(h, torch.nn.Identity(), lambda x: x @ W.T, targets=torch.tensor([[1]]))
+    assert r.tolist() == [[[1], [2], [1]]]
+
+
+@SETTINGS
+@given(st.integers(2, 6), st.floats(0.01, 100), st.floats(0.01, 100), st.integers(0, 2**31 - 1))
+def test_linearity_is_one_for_affine_maps_and_scale_invariant(d, a, b, seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(10 * d, d, generator=g, dtype=torch.float64)
+    M = torch.randn(d, d + 1, generator=g, dtype=torch.float64)
+    assert linearity(X, X @ M + torch.randn(d + 1, generator=g, dtype=torch.float64)) == pytest.approx(1, abs=1e-9)
+    Y = torch.sin(2 * X @ M) + 0.3 * X[:, :1] ** 2
+    l = linearity(X, Y)
+    assert -1e-12 <= l <= 1 + 1e-12
+    assert linearity(a * X, b * Y) == pytest.approx(l, abs=1e-9)
+    assert token_nonlinearity(X, Y).sum().item() == pytest.approx(1 - l, abs=1e-6)
+
+
+def test_layer_linearity_shapes_and_identity_layers():
+    g = torch.Generator().manual_seed(0)
+    h0 = torch.randn(2, 30, 4, generator=g)
+    hidden = torch.stack([h0, 2 * h0 + 1, torch.tanh(5 * h0)], 1)       # (B=2, L+1=3, T=30, d=4)
+    lin = layer_linearity(hidden)
+    assert lin.shape == (2,) and lin[0] == pytest.approx(1, abs=1e-9) and lin[1] < 1
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(40, d_model=32, n_layers=2, n_heads=4, seed=0)
+
+
+def test_collect_tiny_llama(model):
+    ids = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(0))
+    si = collect(model, ids)
+    assert si.hidden.shape == (4, 3, 16, 32) and si.attn.shape == (4, 2, 4, 16, 16)
+    assert model.config._attn_implementation == "sdpa"
+    # eager attention probabilities match a direct computation from q, k (layer 0)
+    attn = model.model.layers[0].self_attn
+    x = model.model.layers[0].input_layernorm(si.hidden[:, 0])
+    q = attn.q_proj(x).view(4, 16, 4, 8).transpose(1, 2); k = attn.k_proj(x).view(4, 16, 4, 8).transpose(1, 2)
+    cos, sin = model.model.rotary_emb(x, torch.arange(16)[None])
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    A = causal_softmax(q @ k.transpose(-1, -2) / 8 ** 0.5)
+    assert torch.allclose(si.attn[:, 0], A, atol=1e-5)
+    # every metric runs on the collected inputs
+    assert 0 <= sink_rate(si.attn) <= 1
+    assert value_drain(si.v_norm).shape == (4, 2, 4) and residual_peak(si.hidden).shape == (4, 3)
+    assert len(massive_activations(si.hidden)) == 3
+    ranks = logit_lens_ranks(si.hidden, model.model.norm, model.lm_head)
+    assert ranks.shape == (4, 3, 16) and (ranks[:, -1] == 0).all()
+    lin = layer_linearity(si.hidden)               # N = 64 tokens > d = 32
+    assert lin.shape == (2,) and 0 <= lin.min() and lin.max() <= 1
+    no_attn = collect(model, ids, attention=False)
+    assert no_attn.attn is None and torch.allclose(no_attn.hidden, si.hidden, atol=1e-6)
+
+
+def test_single_head_output_norm_is_the_o_proj_output_norm():
+    m = tiny_llama(30, d_model=16, n_layers=1, n_heads=1, seed=1)
+    got = {}
+    h = m.model.layers[0].self_attn.o_proj.register_forward_hook(lambda mod, a, o: got.__setitem__("o", o.detach()))
+    si = collect(m, torch.arange(10)[None])
+    h.remove()
+    assert torch.allclose(si.head_out_norm[:, 0, 0], got["o"].norm(dim=-1), atol=1e-5)
+
+
+def test_hooks_are_removed_on_exit_and_on_error(model):
+    ours = lambda: [f for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks)
+                    for f in d.values() if "record_llama" in f.__qualname__]
+    with record_llama(model) as rec:
+        assert len(ours()) == 3 * 2
+        model(torch.arange(6)[None])
+        assert rec["resid"][1].shape == (1, 6, 32)
+    assert not ours()
+    with pytest.raises(RuntimeError):
+        with record_llama(model):
+            raise RuntimeError("boom")
+    assert not ours()
+
+
+def test_collect_refuses_non_llama_and_bad_ids(model):
+    with pytest.raises(TokenlabError, match="Llama-family"): collect(torch.nn.Linear(2, 2), torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(TokenlabError, match=r"\(B, T\)"): collect(model, torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_linearity_refuses_too_few_tokens():
+    with pytest.raises(TokenlabError, match="more tokens than dimensions"):
+        linearity(torch.randn(5, 8), torch.randn(5, 8))
+    with pytest.raises(TokenlabError, match="more tokens than dimensions"):
+        layer_linearity(torch.randn(1, 3, 4, 8))
