@@ -8,6 +8,7 @@ BENCHMARKS = {
     "tokenizer_metrics_all": "bench.tokenizer_metrics_all",
     "bpe_train": "bench.bpe_train",
     "mixture_lp": "bench.mixture_lp",
+    "attn_stats": "bench.attn_stats",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -140,9 +140,9 @@ def test_chunked_kernel_equals_softmax(B, Hkv, g, Q, extra, window, softcap, chu
     mask = kpos <= qpos
     if window: mask &= (qpos - kpos) < window
     A, ent = _ref(q, k, mask[None, None], 0.5, softcap)
-    r = chunked_attention_stats(q, k, None, 0.5, softcap, window, True, chunk_elems=chunk)
+    r = chunked_attention_stats(q, k, None, 0.5, softcap, window, True, chunk_elems=chunk, min_rows=1)
     assert torch.allclose(r["column_mass"], A.sum(-2), atol=1e-5) and torch.allclose(r["entropy"], ent, atol=1e-4)
-    r2 = chunked_attention_stats(q, k, mask[None, None].expand(B, 1, Q, K), 0.5, softcap, None, True, chunk_elems=chunk)
+    r2 = chunked_attention_stats(q, k, mask[None, None].expand(B, 1, Q, K), 0.5, softcap, None, True, chunk_elems=chunk, min_rows=1)
     assert torch.allclose(r2["column_mass"], r["column_mass"], atol=1e-5) and torch.allclose(r2["first"], A[..., 0], atol=1e-6)
 
 

@@ -1,0 +1,167 @@
+"""Attention statistics forward (tokenlab.attnstats) vs a plain SDPA forward, and vs eager output_attentions where it fits.
+
+Each measurement runs in a fresh subprocess (`python -m bench.attn_stats --worker METHOD N`) so that peak
+memory is that of one forward pass: on CPU the resident set size sampled every 2 ms during the forward
+minus the RSS before it; on CUDA `torch.cuda.max_memory_allocated` minus the allocation before it.
+`python -m bench.attn_stats [--lengths 512 2048] [--gpu]` runs it directly (`--gpu`: only the GPU shape).
+"""
+from __future__ import annotations
+import argparse, json, os, subprocess, sys, threading, time
+from pathlib import Path
+
+LENGTHS = tuple(int(x) for x in os.environ.get("ATTN_STATS_LENGTHS", "512,2048,8192").split(","))
+GPU_LENGTHS = (8192, 32768)
+THREADS = int(os.environ.get("ATTN_STATS_THREADS", "1"))
+EAGER_BUDGET = 0.5             # eager output_attentions only where L*H*N^2 fp32 fits in this share of available RAM
+DESCRIPTION = (f"SmolLM2-135M-Instruct, fp32, CPU ({THREADS} thread), one sequence of N random token ids, lengths "
+               f"{'/'.join(map(str, LENGTHS))} ($ATTN_STATS_LENGTHS): wall time and peak memory of one forward pass "
+               "with tokenlab.attnstats recording column mass, entropy, first-token and one token-set mass for all 30 "
+               "layers x 9 heads (ours) vs the same forward under plain SDPA (peer), and vs eager output_attentions=True "
+               "where its L x H x N^2 tensors fit; every forward asks logits_to_keep=1 (the logits are not what is "
+               "compared). Targets: time and peak memory within 1.5x of plain SDPA. GPU shape (only with CUDA): a "
+               "random-initialised Llama-3.2-1B-shaped model in bf16 at 8k and 32k tokens.")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _PeakRSS:
+    "Sample the RSS every 2 ms in a thread; `.peak` is the maximum seen."
+    def __enter__(self):
+        self.peak, self._stop = _rss_mb(), False
+        def loop():
+            while not self._stop:
+                self.peak = max(self.peak, _rss_mb()); time.sleep(0.002)
+        self._t = threading.Thread(target=loop, daemon=True); self._t.start(); return self
+    def __exit__(self, *a):
+        self._stop = True; self._t.join(); self.peak = max(self.peak, _rss_mb())
+
+
+def _llama_1b(device):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+                      rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, tie_word_embeddings=True,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(device): m = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    return m.eval()
+
+
+def worker(method: str, n: int, shape: str) -> dict:
+    "One forward pass of `method` (sdpa | stats | eager) at `n` tokens; returns seconds and peak memory (MB)."
+    import torch
+    torch.set_num_threads(THREADS)
+    from tokenlab.attnstats import attention_stats
+    if shape == "gpu":
+        dev = torch.device("cuda"); model = _llama_1b(dev)
+    else:
+        from tokenlab.models import load_model
+        dev = torch.device("cpu"); model = load_model(device=dev, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, model.config.vocab_size, (1, n), generator=g).to(dev)
+    sets = {"some": list(range(100, 1100))}
+
+    def forward(x):
+        if method == "stats":
+            with attention_stats(model, token_sets=sets) as st: model(x, logits_to_keep=1)
+            return st
+        if method == "eager":
+            model.set_attn_implementation("eager")
+            return model(x, logits_to_keep=1, output_attentions=True).attentions
+        return model(x, logits_to_keep=1)
+
+    with torch.no_grad():
+        forward(ids[:, :16]); forward(ids[:, :16])                    # warm-up (kernels, allocator, thread pools)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated(); t0 = time.perf_counter()
+            out = forward(ids); torch.cuda.synchronize()
+            secs = time.perf_counter() - t0; peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            base = _rss_mb()
+            with _PeakRSS() as pk:
+                t0 = time.perf_counter(); out = forward(ids); secs = time.perf_counter() - t0
+            peak = pk.peak - base
+    res = {"seconds": round(secs, 4), "peak_mb": round(peak, 1)}
+    if method == "stats":
+        res["first_mass_layers_ge_5"] = round(float(torch.stack([out.first_mass[l].mean() for l in out.layers[5:]]).mean()), 4)
+    return res
+
+
+def _run_worker(method: str, n: int, shape: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-m", "bench.attn_stats", "--worker", method, str(n), "--shape", shape],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+        return {"failed": tail[:300]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _eager_fits(n: int, layers: int = 30, heads: int = 9) -> bool:
+    avail = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable"): avail = int(line.split()[1]) * 1024
+    return layers * heads * n * n * 4 < EAGER_BUDGET * avail
+
+
+def run_gpu() -> dict:
+    import torch
+    if not torch.cuda.is_available(): return {"skipped": "no CUDA"}
+    out = {"device": torch.cuda.get_device_name(0), "model": "Llama-3.2-1B shape, random init, bf16"}
+    for n in GPU_LENGTHS:
+        a, b = _run_worker("sdpa", n, "gpu"), _run_worker("stats", n, "gpu")
+        row = {"sdpa": a, "stats": b}
+        if "seconds" in a and "seconds" in b:
+            row.update(time_ratio=round(b["seconds"] / a["seconds"], 3), memory_ratio=round(b["peak_mb"] / max(a["peak_mb"], 1e-9), 3))
+        out[str(n)] = row
+    return out
+
+
+def run(lengths=None) -> dict:
+    lengths = tuple(lengths or LENGTHS)
+    ours, sdpa, eager = {}, {}, {}
+    for n in lengths:
+        s, o = _run_worker("sdpa", n, "cpu"), _run_worker("stats", n, "cpu")
+        sdpa[f"seconds_{n}"], sdpa[f"peak_mb_{n}"] = s.get("seconds"), s.get("peak_mb")
+        ours[f"seconds_{n}"], ours[f"peak_mb_{n}"] = o.get("seconds"), o.get("peak_mb")
+        if "seconds" in s and "seconds" in o:
+            ours[f"time_ratio_{n}"] = round(o["seconds"] / s["seconds"], 3)
+            ours[f"memory_ratio_{n}"] = round(o["peak_mb"] / max(s["peak_mb"], 1.0), 3)
+            ours[f"extra_mb_{n}"] = round(o["peak_mb"] - s["peak_mb"], 1)
+            ours[f"first_mass_layers_ge_5_{n}"] = o["first_mass_layers_ge_5"]
+        for d, r in ((sdpa, s), (ours, o)):
+            if "failed" in r: d[f"failed_{n}"] = r["failed"]
+        if _eager_fits(n):
+            e = _run_worker("eager", n, "cpu")
+            eager[f"seconds_{n}"], eager[f"peak_mb_{n}"] = e.get("seconds"), e.get("peak_mb")
+            if "failed" in e: eager[f"failed_{n}"] = e["failed"]
+        else:
+            eager[f"skipped_{n}"] = f"L*H*N^2 fp32 attentions exceed {EAGER_BUDGET:.0%} of available RAM"
+    ratios = [(ours.get(f"time_ratio_{n}"), ours.get(f"memory_ratio_{n}")) for n in lengths]
+    ours["lengths_run"] = list(lengths)
+    ours["time_within_1.5x"] = all(t is not None and t <= 1.5 for t, _ in ratios)
+    ours["memory_within_1.5x"] = all(m is not None and m <= 1.5 for _, m in ratios)
+    return {"ours": ours, "peers": {"plain SDPA forward": sdpa, "eager output_attentions=True": eager},
+            "gpu": run_gpu()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.attn_stats", description=__doc__)
+    p.add_argument("--worker", nargs=2, metavar=("METHOD", "N"))
+    p.add_argument("--shape", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--lengths", nargs="+", type=int)
+    p.add_argument("--gpu", action="store_true", help="only the GPU shape (Llama-3.2-1B at 8k and 32k)")
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.shape))); return 0
+    print(json.dumps(run_gpu() if a.gpu else run(a.lengths), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
