@@ -7,7 +7,7 @@ from tokenlab.core import TokenlabError
 from tokenlab import sinks
 from tokenlab.sinks import (SINK_METRICS, sink_metric, sink_scores, sink_rate, first_token_share, value_drain, residual_peak,
                             massive_activations, sink_token_similarity, head_activity, dormant_by_domain, logit_lens_ranks,
-                            linearity, token_nonlinearity, layer_linearity, collect, record_llama)
+                            linearity, token_nonlinearity, layer_linearity, collect, record, record_llama)
 from tokenlab.zoo import tiny_llama
 
 torch.set_num_threads(1)
@@ -149,7 +149,7 @@ def model():
 
 def test_collect_tiny_llama(model):
     ids = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(0))
-    si = collect(model, ids)
+    si = collect(model, ids, attention="full")
     assert si.hidden.shape == (4, 3, 16, 32) and si.attn.shape == (4, 2, 4, 16, 16)
     assert model.config._attn_implementation == "sdpa"
     # eager attention probabilities match a direct computation from q, k (layer 0)
@@ -170,7 +170,13 @@ def test_collect_tiny_llama(model):
     lin = layer_linearity(si.hidden)               # N = 64 tokens > d = 32
     assert lin.shape == (2,) and 0 <= lin.min() and lin.max() <= 1
     no_attn = collect(model, ids, attention=False)
-    assert no_attn.attn is None and torch.allclose(no_attn.hidden, si.hidden, atol=1e-6)
+    assert no_attn.attn is None and no_attn.alpha is None and torch.allclose(no_attn.hidden, si.hidden, atol=1e-6)
+    assert collect(model, ids, attention=True).attn.shape == si.attn.shape          # the old boolean flag
+    stats = collect(model, ids)                                                      # default: statistics, no (T, T) tensor
+    assert stats.attn is None and torch.allclose(stats.alpha, sink_scores(si.attn), atol=1e-5)
+    assert torch.allclose(stats.first_share, si.attn[..., 0].mean(-1), atol=1e-5)
+    assert sink_rate(alpha=stats.alpha) == sink_rate(si.attn)
+    assert torch.allclose(stats.received(1), sink_scores(si.attn[:, 1]).mean(1), atol=1e-5)
 
 
 def test_single_head_output_norm_is_the_o_proj_output_norm():
@@ -184,20 +190,22 @@ def test_single_head_output_norm_is_the_o_proj_output_norm():
 
 def test_hooks_are_removed_on_exit_and_on_error(model):
     ours = lambda: [f for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks)
-                    for f in d.values() if "record_llama" in f.__qualname__]
-    with record_llama(model) as rec:
-        assert len(ours()) == 4 * 2                   # block, v_proj, o_proj, mlp per layer
+                    for f in d.values() if f.__qualname__.startswith("record.")]
+    assert record_llama is record
+    with record(model) as rec:
+        assert len(ours()) == 1 + 5 * 2               # input of layer 0; block, v_proj, o_proj, attention, mlp per layer
         model(torch.arange(6)[None])
         assert rec["resid"][1].shape == (1, 6, 32)
     assert not ours()
     with pytest.raises(RuntimeError):
-        with record_llama(model):
+        with record(model):
             raise RuntimeError("boom")
     assert not ours()
 
 
 def test_collect_refuses_non_llama_and_bad_ids(model):
-    with pytest.raises(TokenlabError, match="Llama-family"): collect(torch.nn.Linear(2, 2), torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(TokenlabError, match="not a transformers model .*; supported architectures: .*llama"):
+        collect(torch.nn.Linear(2, 2), torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(TokenlabError, match=r"\(B, T\)"): collect(model, torch.zeros(1, 1, dtype=torch.long))
 
 
