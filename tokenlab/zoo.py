@@ -50,8 +50,9 @@ def _check_ids(ids) -> torch.Tensor:
 def sequence_nll(model, ids, batch_size: int = 64) -> torch.Tensor:
     "Per-token NLL in nats, `(B, T-1)`, of ids `(B, T)` (position t predicted from ids[:, :t+1])."
     ids = _check_ids(ids)
-    if int(ids.max()) >= model.config.vocab_size or int(ids.min()) < 0:
-        raise TokenlabError(f"token id out of range for a vocabulary of {model.config.vocab_size}")
+    V = model.config.get_text_config().vocab_size              # VLM configs keep it in their text config
+    if int(ids.max()) >= V or int(ids.min()) < 0:
+        raise TokenlabError(f"token id out of range for a vocabulary of {V}")
     dev, out = next(model.parameters()).device, []
     was_training = model.training; model.eval()
     for b in range(0, len(ids), batch_size):
