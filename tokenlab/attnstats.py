@@ -14,8 +14,8 @@ from .core import TokenlabError
 from .models import Adapter
 
 # %% auto #0
-__all__ = ['STATS', 'STATS_IMPL', 'chunked_attention_stats', 'stats_sdpa_attention', 'stats_eager_attention', 'AttentionStats',
-           'attention_stats', 'collect_attention_stats', 'eager_reference', 'max_eager_error']
+__all__ = ['STATS', 'FLOOR', 'STATS_IMPL', 'chunked_attention_stats', 'stats_sdpa_attention', 'stats_eager_attention',
+           'AttentionStats', 'attention_stats', 'collect_attention_stats', 'eager_reference', 'max_eager_error']
 
 # %% ../nbs/21_attnstats.ipynb #bb787cf4
 def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
@@ -24,6 +24,13 @@ def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
     return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 1)
 
 STATS = ("column", "entropy", "first", "sets")
+FLOOR = -80.0            # s - max is floored here before exp: exp(-80) ~ 2e-35 is a normal float, see the prose
+_SCRATCH: dict = {}      # device -> flat fp32 buffer for the scores and probabilities, reused across calls
+
+def _scratch(n: int, dev) -> torch.Tensor:
+    buf = _SCRATCH.get(dev)
+    if buf is None or buf.numel() < n: buf = _SCRATCH[dev] = torch.empty(n, device=dev)
+    return buf[:n]
 
 @torch.no_grad()
 def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -60,20 +67,24 @@ def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_ma
     W = torch.cat(([value.float()] if value is not None else [])
                   + ([torch.stack(list(sets.values()), -1)[:, None].expand(B, Hkv, K, len(sets))] if sets else [])
                   + [torch.ones(B, Hkv, K, 1, device=dev)], -1)            # (B, H_kv, K, Dv + n_sets + 1)
+    if W.shape[-1] > 8 and W.shape[-1] % 8:     # MKL's sgemm is 2x slower at 66 columns than at 72
+        W = torch.nn.functional.pad(W, (0, 8 - W.shape[-1] % 8))
+    iz = Dv + len(sets)                                                     # the column of the row sums
     out = torch.zeros(B, Hkv, g, Q, Dv, device=dev) if value is not None else None
     C = max(1, min(Q, max(min_rows, chunk_elems // max(1, B * H * K))))
     kT = key.to(f32).transpose(-1, -2).contiguous()                         # (B, H_kv, D, K), once
     qs = query.to(f32).mul(scaling).view(B, Hkv, g, Q, D)                  # q scaled once, GQA groups
-    sbuf = torch.empty(B * H * C * K, device=dev)                          # scores, reused by every chunk
-    pbuf = torch.empty(B * H * C * K, device=dev) if "entropy" in what else None
+    nbuf = B * H * C * K
+    buf = _scratch(2 * nbuf if "entropy" in what else nbuf, dev)           # scores (and p), reused by every chunk
+    sbuf, pbuf = buf[:nbuf], (buf[nbuf:] if "entropy" in what else None)
     fast = mask4 is None and pad is None and query_mask is None and sliding_window is None and is_causal
-    tril = torch.ones(C, C, dtype=torch.bool, device=dev).tril()          # the diagonal block, plain causal
+    triu = torch.full((C, C), float("-inf"), device=dev).triu(1)          # the diagonal block, plain causal
     tiny = torch.finfo(f32).tiny
     for s in range(0, Q, C):
         e = min(Q, s + C)
         if fast:                                     # plain causal: only the diagonal block can be masked
             k0, kend, c0 = 0, e + off, s + off
-            allowed = tril[:e - s, :e - s]
+            allowed = None
         elif mask4 is None:
             k0, kend = 0, (min(K, e + off) if is_causal else K)
             if sliding_window is not None: k0 = max(0, s + off - sliding_window + 1)
@@ -98,24 +109,27 @@ def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_ma
         sc4 = sc.view(B, H, Cc, Kc)
         if softcap is not None: sc.div_(softcap).tanh_().mul_(softcap)
         if bias is not None: sc4.add_(bias)
-        blk, masked = sc4[..., c0 - k0:], ~allowed                     # the columns `allowed` covers
-        blk.masked_fill_(masked, float("-inf"))       # exp(-inf) is fast; exp(finfo.min) takes a slow path
-        mx = sc.amax(-1, keepdim=True).clamp_(min=torch.finfo(f32).min)
-        t = sc.sub_(mx)                                                     # s - max, in place
+        blk = sc4[..., c0 - k0:]                                            # the columns `allowed` covers
+        if allowed is None: blk.add_(triu[:Cc, :Cc])                       # plain causal: -inf above the diagonal
+        else: blk.masked_fill_(~allowed, float("-inf"))
+        mx = sc.amax(-1, keepdim=True)
+        seen = mx[..., 0] > float("-inf")            # rows with at least one key; the others get all-zero stats
+        mx.clamp_(min=torch.finfo(f32).min)
+        t = sc.sub_(mx).clamp_(min=FLOOR)                                   # s - max, in place, floored
         p = torch.exp(t, out=pbuf[:n].view(shape)) if pbuf is not None else t.exp_()   # unnormalised
         R = torch.matmul(p.view(B, Hkv, g * Cc, Kc), W[:, :, k0:kend]).view(B, Hkv, g, Cc, -1)
-        z = R[..., -1]                                                      # row sums
-        rz = 1.0 / z.clamp(min=tiny)                # rows that see no key: p = 0 there, all stats 0
+        z = R[..., iz]                                                      # row sums
+        rz = torch.where(seen, 1.0 / z, 0.0)
         if "column" in what: col[..., k0:kend] += torch.matmul(rz[..., None, :], p)
         if value is not None: torch.mul(R[..., :Dv], rz[..., None], out=out[:, :, :, s:e])
         for j, name in enumerate(sets): out_sets[name][..., s:e] = R[..., Dv + j] * rz
         if "first" in what and k0 == 0: first[..., s:e] = p[..., 0] * rz
         if "entropy" in what:                         # H = log z - E_p[s - max]
-            blk.masked_fill_(masked, 0.0)              # t = -inf there: no 0 * inf
             et = torch.einsum("...k,...k->...", p, t) * rz
-            ent[..., s:e] = torch.where(z > 0, z.clamp(min=tiny).log() - et, 0.0)
+            ent[..., s:e] = torch.where(seen, z.clamp(min=tiny).log() - et, 0.0)
         if c0 > k0: nq[..., k0:c0] += Cc
-        nq[..., c0:kend] += allowed.sum(-2)
+        if allowed is None: nq[..., c0:kend] += torch.arange(Cc, 0, -1, device=dev, dtype=f32)
+        else: nq[..., c0:kend] += allowed.sum(-2)
     res = {"column_mass": col.view(B, H, K), "n_queries": nq, "entropy": ent.view(B, H, Q), "first": first.view(B, H, Q),
            "sets": {name: v.view(B, H, Q) for name, v in out_sets.items()}}
     if value is not None: res["output"] = out.view(B, H, Q, Dv)
@@ -318,6 +332,7 @@ def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[
         for i, c in cfgs.items(): c._attn_implementation = orig[i]
         hook.remove()
         if st in _ACTIVE: _ACTIVE.remove(st)
+        if not _ACTIVE: _SCRATCH.clear()
     missing = [l for l in layers if l not in st.n_queries]
     if ok and st.n_forward and missing:
         raise TokenlabError(f"layers {missing} were never seen: {ad.model_type} attention does not route through transformers' AttentionInterface")
