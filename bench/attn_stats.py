@@ -12,11 +12,15 @@ from pathlib import Path
 LENGTHS = tuple(int(x) for x in os.environ.get("ATTN_STATS_LENGTHS", "512,2048,8192").split(","))
 GPU_LENGTHS = (8192, 32768)
 THREADS = int(os.environ.get("ATTN_STATS_THREADS", "1"))
+REPEATS = int(os.environ.get("ATTN_STATS_REPEATS", "2"))   # fresh processes per method and length, interleaved
 EAGER_BUDGET = 0.5             # eager output_attentions only where L*H*N^2 fp32 fits in this share of available RAM
 DESCRIPTION = (f"SmolLM2-135M-Instruct, fp32, CPU ({THREADS} thread), one sequence of N random token ids, lengths "
-               f"{'/'.join(map(str, LENGTHS))} ($ATTN_STATS_LENGTHS): wall time and peak memory of one forward pass "
+               f"{'/'.join(map(str, LENGTHS))} ($ATTN_STATS_LENGTHS): wall time and peak memory of one forward pass (the fastest and the largest of "
+               f"$ATTN_STATS_REPEATS={REPEATS} fresh processes, interleaved) "
                "with tokenlab.attnstats recording column mass, entropy, first-token and one token-set mass for all 30 "
-               "layers x 9 heads (ours) vs the same forward under plain SDPA (peer), and vs eager output_attentions=True "
+               "layers x 9 heads (ours: the model's SDPA computes the attention output; ours_fused_output: output='fused', the "
+               "statistics pass computes the output too and SDPA is skipped) vs the same forward under plain SDPA (peer), "
+               "and vs eager output_attentions=True "
                "where its L x H x N^2 tensors fit; every forward asks logits_to_keep=1 (the logits are not what is "
                "compared). Targets: time and peak memory within 1.5x of plain SDPA. GPU shape (only with CUDA): a "
                "random-initialised Llama-3.2-1B-shaped model in bf16 at 8k and 32k tokens.")
@@ -52,7 +56,7 @@ def _llama_1b(device):
 
 
 def worker(method: str, n: int, shape: str) -> dict:
-    "One forward pass of `method` (sdpa | stats | eager) at `n` tokens; returns seconds and peak memory (MB)."
+    "One forward pass of `method` (sdpa | stats | stats_fused | eager) at `n` tokens; returns seconds and peak memory (MB)."
     import torch
     torch.set_num_threads(THREADS)
     from tokenlab.attnstats import attention_stats
@@ -66,8 +70,9 @@ def worker(method: str, n: int, shape: str) -> dict:
     sets = {"some": list(range(100, 1100))}
 
     def forward(x):
-        if method == "stats":
-            with attention_stats(model, token_sets=sets) as st: model(x, logits_to_keep=1)
+        if method in ("stats", "stats_fused"):
+            with attention_stats(model, token_sets=sets, output="fused" if method == "stats_fused" else "sdpa") as st:
+                model(x, logits_to_keep=1)
             return st
         if method == "eager":
             model.set_attn_implementation("eager")
@@ -87,7 +92,8 @@ def worker(method: str, n: int, shape: str) -> dict:
                 t0 = time.perf_counter(); out = forward(ids); secs = time.perf_counter() - t0
             peak = pk.peak - base
     res = {"seconds": round(secs, 4), "peak_mb": round(peak, 1)}
-    if method == "stats":
+    if method in ("stats", "stats_fused"):
+        res["fused_layers"] = len(out.fused_layers)
         res["first_mass_layers_ge_5"] = round(float(torch.stack([out.first_mass[l].mean() for l in out.layers[5:]]).mean()), 4)
     return res
 
@@ -122,32 +128,62 @@ def run_gpu() -> dict:
     return out
 
 
+def _loadavg() -> list[float] | None:
+    try: return [round(x, 2) for x in os.getloadavg()]
+    except OSError: return None
+
+
+def _ratios(d: dict, o: dict, s: dict, n: int):
+    d[f"seconds_{n}"], d[f"peak_mb_{n}"], d[f"runs_seconds_{n}"] = o.get("seconds"), o.get("peak_mb"), o.get("runs_seconds")
+    if "seconds" in s and "seconds" in o:
+        d[f"time_ratio_{n}"] = round(o["seconds"] / s["seconds"], 3)
+        d[f"memory_ratio_{n}"] = round(o["peak_mb"] / max(s["peak_mb"], 1.0), 3)
+        d[f"extra_mb_{n}"] = round(o["peak_mb"] - s["peak_mb"], 1)
+        d[f"first_mass_layers_ge_5_{n}"] = o["first_mass_layers_ge_5"]
+        d[f"fused_layers_{n}"] = o["fused_layers"]
+    if "failed" in o: d[f"failed_{n}"] = o["failed"]
+
+
+def _repeated(methods, n: int) -> list[dict]:
+    "REPEATS interleaved runs of each method: the fastest time (the least disturbed on a shared machine) and the largest peak memory."
+    runs = {m: [] for m in methods}
+    for _ in range(REPEATS):
+        for m in methods: runs[m].append(_run_worker(m, n, "cpu"))
+    out = []
+    for m in methods:
+        ok = [r for r in runs[m] if "seconds" in r]
+        if not ok: out.append(runs[m][0]); continue
+        best = dict(min(ok, key=lambda r: r["seconds"]))
+        best.update(peak_mb=max(r["peak_mb"] for r in ok), runs_seconds=[r["seconds"] for r in ok])
+        out.append(best)
+    return out
+
+
 def run(lengths=None) -> dict:
     lengths = tuple(lengths or LENGTHS)
-    ours, sdpa, eager = {}, {}, {}
+    ours, fused, sdpa, eager, load = {}, {}, {}, {}, {}
+    t_start = time.perf_counter()
     for n in lengths:
-        s, o = _run_worker("sdpa", n, "cpu"), _run_worker("stats", n, "cpu")
-        sdpa[f"seconds_{n}"], sdpa[f"peak_mb_{n}"] = s.get("seconds"), s.get("peak_mb")
-        ours[f"seconds_{n}"], ours[f"peak_mb_{n}"] = o.get("seconds"), o.get("peak_mb")
-        if "seconds" in s and "seconds" in o:
-            ours[f"time_ratio_{n}"] = round(o["seconds"] / s["seconds"], 3)
-            ours[f"memory_ratio_{n}"] = round(o["peak_mb"] / max(s["peak_mb"], 1.0), 3)
-            ours[f"extra_mb_{n}"] = round(o["peak_mb"] - s["peak_mb"], 1)
-            ours[f"first_mass_layers_ge_5_{n}"] = o["first_mass_layers_ge_5"]
-        for d, r in ((sdpa, s), (ours, o)):
-            if "failed" in r: d[f"failed_{n}"] = r["failed"]
+        load[f"before_{n}"] = _loadavg()
+        s, o, f = _repeated(("sdpa", "stats", "stats_fused"), n)
+        sdpa[f"seconds_{n}"], sdpa[f"peak_mb_{n}"], sdpa[f"runs_seconds_{n}"] = s.get("seconds"), s.get("peak_mb"), s.get("runs_seconds")
+        if "failed" in s: sdpa[f"failed_{n}"] = s["failed"]
+        _ratios(ours, o, s, n); _ratios(fused, f, s, n)
         if _eager_fits(n):
             e = _run_worker("eager", n, "cpu")
             eager[f"seconds_{n}"], eager[f"peak_mb_{n}"] = e.get("seconds"), e.get("peak_mb")
             if "failed" in e: eager[f"failed_{n}"] = e["failed"]
         else:
             eager[f"skipped_{n}"] = f"L*H*N^2 fp32 attentions exceed {EAGER_BUDGET:.0%} of available RAM"
-    ratios = [(ours.get(f"time_ratio_{n}"), ours.get(f"memory_ratio_{n}")) for n in lengths]
-    ours["lengths_run"] = list(lengths)
-    ours["time_within_1.5x"] = all(t is not None and t <= 1.5 for t, _ in ratios)
-    ours["memory_within_1.5x"] = all(m is not None and m <= 1.5 for _, m in ratios)
-    return {"ours": ours, "peers": {"plain SDPA forward": sdpa, "eager output_attentions=True": eager},
-            "gpu": run_gpu()}
+    for d in (ours, fused):
+        ratios = [(d.get(f"time_ratio_{n}"), d.get(f"memory_ratio_{n}")) for n in lengths]
+        d["lengths_run"] = list(lengths)
+        d["time_within_1.5x"] = all(t is not None and t <= 1.5 for t, _ in ratios)
+        d["memory_within_1.5x"] = all(m is not None and m <= 1.5 for _, m in ratios)
+    load["after"] = _loadavg()
+    return {"ours": ours, "ours_fused_output": fused,
+            "peers": {"plain SDPA forward": sdpa, "eager output_attentions=True": eager},
+            "load_average_1_5_15min": load, "wall_seconds": round(time.perf_counter() - t_start, 1), "gpu": run_gpu()}
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,33 @@ def test_matches_eager_output_attentions(model_type):
     assert m.config.get_text_config()._attn_implementation == impl and not m._forward_pre_hooks and not attnstats._ACTIVE
 
 
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_fused_output_matches_eager(model_type):
+    "output='fused': the chunk pass computes the attention output itself; logits and statistics still match eager."
+    m = tiny_model(model_type, seed=2)
+    inp = tiny_inputs(m, n_text=12, batch=1, seed=1)
+    assert max_eager_error(m, inp, token_sets={"some": range(1, 30)}, output="fused") < 1e-4
+    with torch.no_grad():
+        plain = m(**inp).logits
+        with attention_stats(m, output="fused") as st: fused = m(**inp).logits
+    assert (fused - plain).abs().max() < 1e-4
+    if m.config.get_text_config()._attn_implementation == "sdpa" and model_type in ("llama", "qwen2", "gpt2"):
+        assert st.fused_layers, model_type                                  # plain causal text: fused for real
+
+
+def test_what_subset_and_bad_names():
+    m = tiny_model("llama", seed=4)
+    ids = [[5, 6, 7, 8, 9]]
+    full = collect_attention_stats(m, ids, token_sets={"p": [6]})
+    part = collect_attention_stats(m, ids, token_sets={"p": [6]}, what=("entropy", "sets"))
+    assert not part.column_mass and not part.first_per_query and sorted(part.entropy) == [0, 1]
+    assert torch.allclose(part.entropy[1], full.entropy[1], atol=1e-6) and torch.allclose(part.set_mass["p"][1], full.set_mass["p"][1])
+    assert {"entropy", "mass_p"} <= set(part.summary().columns)
+    with pytest.raises(TokenlabError, match="unknown statistics"): collect_attention_stats(m, ids, what=("columns",))
+    with pytest.raises(TokenlabError, match="output must be"): collect_attention_stats(m, ids, output="flash")
+    _clean(m)
+
+
 def _clean(m, impl="sdpa"):
     assert m.config._attn_implementation == impl and not m._forward_pre_hooks and not attnstats._ACTIVE
 

@@ -14,8 +14,8 @@ from .core import TokenlabError
 from .models import Adapter
 
 # %% auto #0
-__all__ = ['STATS_IMPL', 'chunked_attention_stats', 'stats_sdpa_attention', 'stats_eager_attention', 'AttentionStats',
-           'attention_stats', 'collect_attention_stats', 'eager_reference', 'max_eager_error']
+__all__ = ['STATS', 'FLOOR', 'STATS_IMPL', 'chunked_attention_stats', 'stats_sdpa_attention', 'stats_eager_attention',
+           'AttentionStats', 'attention_stats', 'collect_attention_stats', 'eager_reference', 'max_eager_error']
 
 # %% ../nbs/21_attnstats.ipynb #bb787cf4
 def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
@@ -23,86 +23,137 @@ def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
     nz = torch.nonzero(mask.reshape(-1, mask.shape[-1]).any(0))
     return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 1)
 
+STATS = ("column", "entropy", "first", "sets")
+FLOOR = -80.0            # s - max is floored here before exp: exp(-80) ~ 2e-35 is a normal float, see the prose
+_SCRATCH: dict = {}      # device -> flat fp32 buffer for the scores and probabilities, reused across calls
+
+def _scratch(n: int, dev) -> torch.Tensor:
+    buf = _SCRATCH.get(dev)
+    if buf is None or buf.numel() < n: buf = _SCRATCH[dev] = torch.empty(n, device=dev)
+    return buf[:n]
+
 @torch.no_grad()
 def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None,
                             scaling: float | None = None, softcap: float | None = None, sliding_window: int | None = None,
                             is_causal: bool = True, position_sets: dict[str, torch.Tensor] | None = None,
-                            query_mask: torch.Tensor | None = None, chunk_elems: int = 1 << 20, min_rows: int = 32) -> dict:
+                            query_mask: torch.Tensor | None = None, chunk_elems: int = 1 << 20, min_rows: int = 32,
+                            value: torch.Tensor | None = None, what: Iterable[str] = STATS) -> dict:
     """Attention statistics of softmax(q k^T * scaling + mask) without materialising it.
 
     query (B, H, Q, D) and key (B, H_kv, K, D), post-RoPE, H a multiple of H_kv (query head h reads key head
     h // (H // H_kv)); attention_mask None / bool / additive float (B|1, 1|H, Q, K) or 2-D (B, K) padding;
     position_sets: name -> (B, K) 0/1 indicators; query_mask (B, Q) bool: False for padding queries, which then
     contribute nothing (zero rows, zero entropy). Returns fp32 tensors: column_mass (B, H, K), n_queries
-    (B, 1|H, K), entropy (B, H, Q), first (B, H, Q) = A[:, :, q, 0], sets {name: (B, H, Q)}."""
+    (B, 1|H, K), entropy (B, H, Q), first (B, H, Q) = A[:, :, q, 0], sets {name: (B, H, Q)}; `what` (a subset of
+    `STATS`) skips the others (left zero). With `value` (B, H_kv, K, Dv) also output = A @ value, (B, H, Q, Dv) fp32."""
     B, H, Q, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     if H % Hkv: raise TokenlabError(f"{H} query heads are not a multiple of {Hkv} key-value heads")
-    g, off, dev = H // Hkv, K - Q, query.device
+    what = set(what)
+    if what - set(STATS): raise TokenlabError(f"unknown statistics {sorted(what - set(STATS))}; choose from {', '.join(STATS)}")
+    g, off, dev, f32 = H // Hkv, K - Q, query.device, torch.float32
     scaling = D ** -0.5 if scaling is None else float(scaling)
-    k = key.float()
     mask4 = attention_mask if attention_mask is not None and attention_mask.dim() == 4 else None
     pad = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
     if attention_mask is not None and attention_mask.dim() not in (2, 4):
         raise TokenlabError(f"attention mask must be 2-D or 4-D, got shape {tuple(attention_mask.shape)}")
-    sets = {n: v.to(dev, torch.float32) for n, v in (position_sets or {}).items()}
-    col = torch.zeros(B, H, K, device=dev)
+    sets = {n: v.to(dev, f32) for n, v in (position_sets or {}).items()} if "sets" in what else {}
+    col = torch.zeros(B, Hkv, g, 1, K, device=dev)
     nq = torch.zeros(B, mask4.shape[1] if mask4 is not None else 1, K, device=dev)
-    ent, first = torch.zeros(B, H, Q, device=dev), torch.zeros(B, H, Q, device=dev)
-    out_sets = {n: torch.zeros(B, H, Q, device=dev) for n in sets}
+    ent, first = torch.zeros(B, Hkv, g, Q, device=dev), torch.zeros(B, Hkv, g, Q, device=dev)
+    out_sets = {n: torch.zeros(B, Hkv, g, Q, device=dev) for n in sets}
+    # one product p @ W per chunk gives the output (p @ v), the token-set masses and the row sums z
+    Dv = value.shape[-1] if value is not None else 0
+    W = torch.cat(([value.float()] if value is not None else [])
+                  + ([torch.stack(list(sets.values()), -1)[:, None].expand(B, Hkv, K, len(sets))] if sets else [])
+                  + [torch.ones(B, Hkv, K, 1, device=dev)], -1)            # (B, H_kv, K, Dv + n_sets + 1)
+    if W.shape[-1] > 8 and W.shape[-1] % 8:     # MKL's sgemm is 2x slower at 66 columns than at 72
+        W = torch.nn.functional.pad(W, (0, 8 - W.shape[-1] % 8))
+    iz = Dv + len(sets)                                                     # the column of the row sums
+    out = torch.zeros(B, Hkv, g, Q, Dv, device=dev) if value is not None else None
     C = max(1, min(Q, max(min_rows, chunk_elems // max(1, B * H * K))))
-    kT = key.float().transpose(-1, -2).contiguous()[:, :, None]          # (B, H_kv, 1, D, K), once
-    fast = mask4 is None and pad is None and query_mask is None and sliding_window is None
+    kT = key.to(f32).transpose(-1, -2).contiguous()                         # (B, H_kv, D, K), once
+    qs = query.to(f32).mul(scaling).view(B, Hkv, g, Q, D)                  # q scaled once, GQA groups
+    nbuf = B * H * C * K
+    buf = _scratch(2 * nbuf if "entropy" in what else nbuf, dev)           # scores (and p), reused by every chunk
+    sbuf, pbuf = buf[:nbuf], (buf[nbuf:] if "entropy" in what else None)
+    fast = mask4 is None and pad is None and query_mask is None and sliding_window is None and is_causal
+    triu = torch.full((C, C), float("-inf"), device=dev).triu(1)          # the diagonal block, plain causal
+    tiny = torch.finfo(f32).tiny
     for s in range(0, Q, C):
         e = min(Q, s + C)
-        if mask4 is None:
+        if fast:                                     # plain causal: only the diagonal block can be masked
+            k0, kend, c0 = 0, e + off, s + off
+            allowed = None
+        elif mask4 is None:
             k0, kend = 0, (min(K, e + off) if is_causal else K)
             if sliding_window is not None: k0 = max(0, s + off - sliding_window + 1)
             qpos, kpos = torch.arange(s, e, device=dev) + off, torch.arange(k0, kend, device=dev)
-            # fast path (plain causal): only the columns of the diagonal block can be masked
-            c0 = max(k0, min(kend, s + off)) if fast and is_causal else k0
+            c0 = k0
             allowed = torch.ones(e - s, kend - c0, dtype=torch.bool, device=dev)
-            if is_causal: allowed &= kpos[None, c0 - k0:] <= qpos[:, None]
-            if sliding_window is not None: allowed &= (qpos[:, None] - kpos[None, c0 - k0:]) < sliding_window
+            if is_causal: allowed &= kpos[None] <= qpos[:, None]
+            if sliding_window is not None: allowed &= (qpos[:, None] - kpos[None]) < sliding_window
             allowed = allowed[None, None]
             if pad is not None: allowed = allowed & pad[:, None, None, k0:kend]
-            bias = None
         else:
             m = mask4[:, :, s:e]
             allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
             k0, kend = _allowed_keys_range(allowed)
-            c0, allowed, bias = k0, allowed[..., k0:kend], (None if m.dtype == torch.bool else m[..., k0:kend].float())
+            c0, allowed = k0, allowed[..., k0:kend]
+        bias = m[..., k0:kend].to(f32) if mask4 is not None and m.dtype != torch.bool else None
         if query_mask is not None: allowed = allowed & query_mask[:, None, s:e, None].to(dev)
-        qc = query[:, :, s:e].float().mul(scaling).reshape(B, Hkv, g, e - s, D)
-        sc = torch.matmul(qc, kT[..., k0:kend]).reshape(B, H, e - s, kend - k0)
+        Cc, Kc = e - s, kend - k0
+        n, shape = B * H * Cc * Kc, (B, Hkv, g, Cc, Kc)
+        sc = torch.matmul(qs[:, :, :, s:e].reshape(B, Hkv, g * Cc, D), kT[..., k0:kend],
+                          out=sbuf[:n].view(B, Hkv, g * Cc, Kc)).view(shape)
+        sc4 = sc.view(B, H, Cc, Kc)
         if softcap is not None: sc.div_(softcap).tanh_().mul_(softcap)
-        if bias is not None: sc.add_(bias)
-        blk = sc[..., c0 - k0:]                                          # the columns `allowed` covers
-        masked = ~allowed
-        blk.masked_fill_(masked, float("-inf"))       # exp(-inf) is fast; exp(finfo.min) takes a slow path
-        mx = sc.amax(-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).min)
-        p = sc.sub(mx).exp_()
-        z = p.sum(-1, keepdim=True)
-        seen = (z > 0).squeeze(-1)                     # rows with at least one key (others stay all-zero)
-        lse = mx + z.clamp_(min=torch.finfo(torch.float32).tiny).log()
-        p.mul_(1 / z)
-        blk.masked_fill_(masked, 0.0)                  # for sum p*s: no 0 * inf
-        col[..., k0:kend] += p.sum(-2)
-        if c0 > k0: nq[..., k0:c0] += (e - s)
-        nq[..., c0:kend] += allowed.sum(-2)
-        if k0 == 0: first[:, :, s:e] = p[..., 0]
-        for n, ind in sets.items():
-            out_sets[n][:, :, s:e] = torch.matmul(p, ind[:, None, k0:kend, None]).squeeze(-1)
-        ent[:, :, s:e] = torch.where(seen, lse.squeeze(-1) - sc.mul_(p).sum(-1), 0.0)
-        del sc, p, lse, blk, masked
-    return {"column_mass": col, "n_queries": nq, "entropy": ent, "first": first, "sets": out_sets}
+        if bias is not None: sc4.add_(bias)
+        blk = sc4[..., c0 - k0:]                                            # the columns `allowed` covers
+        if allowed is None: blk.add_(triu[:Cc, :Cc])                       # plain causal: -inf above the diagonal
+        else: blk.masked_fill_(~allowed, float("-inf"))
+        mx = sc.amax(-1, keepdim=True)
+        seen = mx[..., 0] > float("-inf")            # rows with at least one key; the others get all-zero stats
+        mx.clamp_(min=torch.finfo(f32).min)
+        t = sc.sub_(mx).clamp_(min=FLOOR)                                   # s - max, in place, floored
+        p = torch.exp(t, out=pbuf[:n].view(shape)) if pbuf is not None else t.exp_()   # unnormalised
+        R = torch.matmul(p.view(B, Hkv, g * Cc, Kc), W[:, :, k0:kend]).view(B, Hkv, g, Cc, -1)
+        z = R[..., iz]                                                      # row sums
+        rz = torch.where(seen, 1.0 / z, 0.0)
+        if "column" in what: col[..., k0:kend] += torch.matmul(rz[..., None, :], p)
+        if value is not None: torch.mul(R[..., :Dv], rz[..., None], out=out[:, :, :, s:e])
+        for j, name in enumerate(sets): out_sets[name][..., s:e] = R[..., Dv + j] * rz
+        if "first" in what and k0 == 0: first[..., s:e] = p[..., 0] * rz
+        if "entropy" in what:                         # H = log z - E_p[s - max]
+            et = torch.einsum("...k,...k->...", p, t) * rz
+            ent[..., s:e] = torch.where(seen, z.clamp(min=tiny).log() - et, 0.0)
+        if c0 > k0: nq[..., k0:c0] += Cc
+        if allowed is None: nq[..., c0:kend] += torch.arange(Cc, 0, -1, device=dev, dtype=f32)
+        else: nq[..., c0:kend] += allowed.sum(-2)
+    res = {"column_mass": col.view(B, H, K), "n_queries": nq, "entropy": ent.view(B, H, Q), "first": first.view(B, H, Q),
+           "sets": {name: v.view(B, H, Q) for name, v in out_sets.items()}}
+    if value is not None: res["output"] = out.view(B, H, Q, Dv)
+    return res
 
 # %% ../nbs/21_attnstats.ipynb #7e2eef29
 STATS_IMPL = {"sdpa": "tokenlab_stats", "eager": "tokenlab_stats_eager"}
 _ACTIVE: list = []
 
-def _observe(module, query, key, attention_mask, kw):
-    for rec in _ACTIVE: rec._observe(module, query, key, attention_mask, kw)
+def _observe(module, query, key, attention_mask, kw, value=None):
+    "Let every open recorder see this call; returns the attention output if one of them computed it (fused)."
+    out = None
+    for rec in _ACTIVE:
+        o = rec._observe(module, query, key, attention_mask, kw, value if out is None else None)
+        if o is not None: out = o
+    return out
+
+def _fusable(module, query, key, attention_mask, args, kw) -> bool:
+    "Plain causal self-attention with nothing else SDPA would apply: the only case the fused output takes."
+    is_causal = kw.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    return (not args and attention_mask is None and is_causal is True and query.shape[2] == key.shape[2] > 1
+            and not (module.training and kw.get("dropout")) and all(kw.get(n) is None for n in
+            ("position_bias", "cache", "s_aux", "sinks", "sliding_window", "softcap")))
 
 def _module_eager(module):
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
@@ -110,8 +161,11 @@ def _module_eager(module):
     return fn
 
 def stats_sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    "`sdpa_attention_forward`, plus the statistics of the open `attention_stats` contexts."
-    _observe(module, query, key, attention_mask, kwargs)
+    """`sdpa_attention_forward`, plus the statistics of the open `attention_stats` contexts; a context opened with
+    `output="fused"` returns the output of its own chunk pass instead (plain causal self-attention only)."""
+    fuse = _fusable(module, query, key, attention_mask, args, kwargs)
+    out = _observe(module, query, key, attention_mask, kwargs, value if fuse else None)
+    if out is not None: return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
 
 def stats_eager_attention(module, query, key, value, attention_mask, *args, **kwargs):
@@ -134,8 +188,10 @@ def _token_ids(v) -> torch.Tensor | None:
 
 class AttentionStats:
     "Statistics recorded by `attention_stats` (see the table above for names and shapes); dicts keyed by layer."
-    def __init__(self, adapter: Adapter, layers: list[int], heads: list[int] | None, token_sets: dict, chunk_elems: int):
+    def __init__(self, adapter: Adapter, layers: list[int], heads: list[int] | None, token_sets: dict, chunk_elems: int,
+                 what: Iterable[str] = STATS, output: str = "sdpa"):
         self.adapter, self.layers, self.chunk_elems = adapter, layers, chunk_elems
+        self.what, self.output, self.fused_layers = tuple(what), output, []
         self.heads = heads if heads is not None else list(range(adapter.n_heads))
         self._head_idx = None if heads is None else torch.tensor(heads)
         self.token_sets = token_sets
@@ -147,7 +203,7 @@ class AttentionStats:
         self.n_forward = 0
 
     def __repr__(self):
-        return f"AttentionStats({len(self.layers)} layers x {len(self.heads)} heads, recorded {sorted(self.column_mass)})"
+        return f"AttentionStats({len(self.layers)} layers x {len(self.heads)} heads, recorded {sorted(self.n_queries)})"
 
     def _prepare(self, input_ids: torch.Tensor | None, n: int, batch: int):
         "Called by the pre-hook: resolve token sets to (B, N) position indicators."
@@ -162,10 +218,10 @@ class AttentionStats:
                 pos = torch.isin(input_ids, ids.to(input_ids.device))
             self._positions[name] = pos
 
-    def _observe(self, module, query, key, attention_mask, kw):
+    def _observe(self, module, query, key, attention_mask, kw, value=None):
         layer = self._modules.get(id(module))
-        if layer is None: return
-        if layer in self.column_mass: raise TokenlabError(f"layer {layer} attended twice: attention_stats records one forward pass; open a new context for the next")
+        if layer is None: return None
+        if layer in self.n_queries: raise TokenlabError(f"layer {layer} attended twice: attention_stats records one forward pass; open a new context for the next")
         if self._head_idx is not None:
             g = query.shape[1] // key.shape[1]
             idx = self._head_idx.to(query.device)
@@ -179,11 +235,17 @@ class AttentionStats:
         is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         Q = query.shape[2]
         qmask = None if self._query_valid is None else self._query_valid[:, -Q:]
+        fuse = value is not None and self.output == "fused" and self._head_idx is None and qmask is None
         r = chunked_attention_stats(query, key, attention_mask, kw.get("scaling"), kw.get("softcap"), None, is_causal,
-                                    sets, qmask, self.chunk_elems)
-        self.column_mass[layer], self.n_queries[layer] = r["column_mass"], r["n_queries"]
-        self.entropy[layer], self.first_per_query[layer] = r["entropy"], r["first"]
+                                    sets, qmask, self.chunk_elems, value=value if fuse else None, what=self.what)
+        self.n_queries[layer] = r["n_queries"]
+        if "column" in self.what: self.column_mass[layer] = r["column_mass"]
+        if "entropy" in self.what: self.entropy[layer] = r["entropy"]
+        if "first" in self.what: self.first_per_query[layer] = r["first"]
         for n, v in r["sets"].items(): self.set_mass[n][layer] = v
+        if not fuse: return None
+        self.fused_layers.append(layer)
+        return r["output"].to(query.dtype)
 
     @property
     def column_mean(self) -> dict[int, torch.Tensor]:
@@ -202,13 +264,13 @@ class AttentionStats:
         "One row per (batch item, layer, head): first_mass, mean entropy, and the mean mass of each token set."
         import pandas as pd
         rows = []
-        for l in sorted(self.column_mass):
-            fm, en = self.first_mass[l], self.entropy[l].mean(-1)
-            sm = {n: self.mean_set_mass(n)[l] for n in self.set_mass}
-            for b in range(fm.shape[0]):
+        for l in sorted(self.n_queries):
+            cols = {"first_mass": self.first_per_query.get(l), "entropy": self.entropy.get(l),
+                    **{f"mass_{n}": self.set_mass[n].get(l) for n in self.set_mass}}
+            cols = {c: v.mean(-1) for c, v in cols.items() if v is not None}          # (B, H') each
+            for b in range(self.n_queries[l].shape[0]):
                 for j, h in enumerate(self.heads):
-                    rows.append({"batch": b, "layer": l, "head": h, "first_mass": float(fm[b, j]), "entropy": float(en[b, j]),
-                                 **{f"mass_{n}": float(v[b, j]) for n, v in sm.items()}})
+                    rows.append({"batch": b, "layer": l, "head": h, **{c: float(v[b, j]) for c, v in cols.items()}})
         return pd.DataFrame(rows)
 
 def _lm_configs(ad: Adapter, layers) -> dict:
@@ -220,9 +282,13 @@ def _lm_configs(ad: Adapter, layers) -> dict:
 
 @contextlib.contextmanager
 def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None,
-                    token_sets: dict | None = None, chunk_elems: int = 1 << 20):
+                    token_sets: dict | None = None, chunk_elems: int = 1 << 20, what: Iterable[str] = STATS,
+                    output: str = "sdpa"):
     """Record attention statistics of the next forward pass of `model` for `layers` (default all) and `heads`
-    (default all); `token_sets`: name -> token ids or (N,) / (B, N) bool positions. Yields an `AttentionStats`."""
+    (default all); `token_sets`: name -> token ids or (N,) / (B, N) bool positions; `what`: which of `STATS` to
+    compute; `output`: "sdpa" (the model's kernel computes the attention output, default) or "fused" (the chunk
+    pass computes it too, and SDPA is skipped, in layers with plain causal self-attention and all heads recorded).
+    Yields an `AttentionStats`."""
     ad = Adapter(model)
     layers = list(range(ad.n_layers)) if layers is None else [ad.layer_index(l) for l in layers]
     if not layers: raise TokenlabError("no layers asked; give at least one layer index or None for all")
@@ -233,7 +299,10 @@ def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[
     for name, v in token_sets.items():
         if not isinstance(name, str): raise TokenlabError(f"token set names must be strings, got {name!r}")
         _token_ids(v)
-    st = AttentionStats(ad, layers, heads, token_sets, chunk_elems)
+    what = tuple(what)
+    if set(what) - set(STATS): raise TokenlabError(f"unknown statistics {sorted(set(what) - set(STATS))}; choose from {', '.join(STATS)}")
+    if output not in ("sdpa", "fused"): raise TokenlabError(f"output must be 'sdpa' or 'fused', got {output!r}")
+    st = AttentionStats(ad, layers, heads, token_sets, chunk_elems, what, output)
     ctx = ad.max_positions
 
     def pre_hook(module, args, kwargs):
@@ -263,7 +332,8 @@ def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[
         for i, c in cfgs.items(): c._attn_implementation = orig[i]
         hook.remove()
         if st in _ACTIVE: _ACTIVE.remove(st)
-    missing = [l for l in layers if l not in st.column_mass]
+        if not _ACTIVE: _SCRATCH.clear()
+    missing = [l for l in layers if l not in st.n_queries]
     if ok and st.n_forward and missing:
         raise TokenlabError(f"layers {missing} were never seen: {ad.model_type} attention does not route through transformers' AttentionInterface")
 
@@ -274,7 +344,7 @@ def _accepts(model, name: str) -> bool:
 
 @torch.no_grad()
 def collect_attention_stats(model, inputs, tokenizer=None, layers=None, heads=None, token_sets=None,
-                            chunk_elems: int = 1 << 20) -> AttentionStats:
+                            chunk_elems: int = 1 << 20, what: Iterable[str] = STATS, output: str = "sdpa") -> AttentionStats:
     "Run one forward pass on `inputs` (text, ids (N,) / (B, N), or a dict of model inputs) and return its `AttentionStats`."
     if isinstance(inputs, str):
         if not inputs.strip(): raise TokenlabError("empty text: nothing to attend to")
@@ -286,7 +356,7 @@ def collect_attention_stats(model, inputs, tokenizer=None, layers=None, heads=No
     dev = next(model.parameters()).device
     inputs = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    with attention_stats(model, layers, heads, token_sets, chunk_elems) as st:
+    with attention_stats(model, layers, heads, token_sets, chunk_elems, what, output) as st:
         model(**inputs, **extra)
     return st
 
@@ -312,10 +382,10 @@ def eager_reference(model, inputs: dict, token_sets: dict | None = None) -> dict
         ref[l] = r
     return ref
 
-def max_eager_error(model, inputs: dict, token_sets: dict | None = None) -> float:
-    "Largest absolute difference between our statistics (under the model's own implementation) and eager ones."
+def max_eager_error(model, inputs: dict, token_sets: dict | None = None, output: str = "sdpa") -> float:
+    "Largest absolute difference between our statistics (under the model's own implementation) and eager ones, logits included."
     ref = eager_reference(model, inputs, token_sets)
-    with torch.no_grad(), attention_stats(model, token_sets=token_sets) as st:
+    with torch.no_grad(), attention_stats(model, token_sets=token_sets, output=output) as st:
         logits = model(**inputs).logits
     err = float((logits - ref[0]["logits"]).abs().max())
     for l, r in ref.items():
