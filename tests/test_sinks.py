@@ -214,3 +214,19 @@ def test_linearity_refuses_too_few_tokens():
         linearity(torch.randn(5, 8), torch.randn(5, 8))
     with pytest.raises(TokenlabError, match="more tokens than dimensions"):
         layer_linearity(torch.randn(1, 3, 4, 8))
+
+
+def test_collect_keeps_a_custom_attention_function():
+    # a ReLU-attention model must be measured as it runs, not silently under softmax
+    from tokenlab.backcopy import RELU_ATTENTION, register_relu_attention
+    from tokenlab.zoo import tiny_llama
+    register_relu_attention()
+    m = tiny_llama(20, d_model=32, n_layers=2, n_heads=2, seed=0)
+    m.set_attn_implementation(RELU_ATTENTION)
+    ids = torch.arange(8)[None]
+    own = m(ids).logits
+    si = collect(m, ids, attention="full")
+    assert torch.allclose(si.logits, own, atol=1e-6) and m.config._attn_implementation == RELU_ATTENTION
+    assert si.alpha.shape == (1, 2, 2, 8) and torch.allclose(si.alpha, sink_scores(si.attn))
+    with pytest.raises(TokenlabError, match="assume softmax"): collect(m, ids, attention="stats")
+    assert m.config._attn_implementation == RELU_ATTENTION

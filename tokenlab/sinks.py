@@ -325,6 +325,11 @@ def record(model):
 record_llama = record
 
 ATTENTION_MODES = ("stats", "full", "none")
+_SOFTMAX_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
+
+def _custom_attention(ad: Adapter) -> list[str]:
+    "Attention implementations of the language model that are not softmax kernels (e.g. tokenlab's ReLU attention)."
+    return sorted({c._attn_implementation for c in _lm_configs(ad, range(ad.n_layers)).values()} - set(_SOFTMAX_KERNELS))
 
 @contextlib.contextmanager
 def _eager_language_model(ad: Adapter):
@@ -332,7 +337,8 @@ def _eager_language_model(ad: Adapter):
     cfgs = _lm_configs(ad, range(ad.n_layers))
     orig = {i: c._attn_implementation for i, c in cfgs.items()}
     try:
-        for c in cfgs.values(): c._attn_implementation = "eager"
+        for c in cfgs.values():
+            if c._attn_implementation in _SOFTMAX_KERNELS: c._attn_implementation = "eager"   # a custom function (ReLU attention) stays
         yield
     finally:
         for i, c in cfgs.items(): c._attn_implementation = orig[i]
@@ -360,6 +366,9 @@ def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_e
     attention = {True: "full", False: "none"}.get(attention, attention) if isinstance(attention, bool) else attention
     check_choice("attention mode", attention, ATTENTION_MODES)
     ad = _adapter(model)
+    custom = _custom_attention(ad)
+    if custom and attention == "stats":
+        raise TokenlabError(f"attention statistics assume softmax; this model runs {', '.join(custom)}: use attention='full' or 'none'")
     inputs = _model_inputs(ad, ids, tokenizer)
     dev = next(model.parameters()).device
     inputs = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
@@ -368,7 +377,7 @@ def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_e
         with contextlib.ExitStack() as stack:
             if attention == "full": stack.enter_context(_eager_language_model(ad))
             rec = stack.enter_context(record(model))
-            st = stack.enter_context(attention_stats(model, chunk_elems=chunk_elems)) if attention != "none" else None
+            st = stack.enter_context(attention_stats(model, chunk_elems=chunk_elems)) if attention != "none" and not custom else None
             out = model(**inputs, **({"output_attentions": True} if attention == "full" else {}))
     finally: model.train(was_training)
     stack_ = lambda key: torch.stack(rec[key], 1)
@@ -377,6 +386,7 @@ def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_e
         if not out.attentions or any(a is None for a in out.attentions):
             raise TokenlabError(f"{ad.model_type} returned no attention probabilities under eager attention")
         attn = torch.stack(list(out.attentions), 1).float()
+        if custom: alpha, first = sink_scores(attn), attn[..., 0].mean(-1)   # from the model's own weights
     if st is not None:
         alpha = torch.stack([st.column_mean[l] for l in range(ad.n_layers)], 1)
         first = torch.stack([st.first_mass[l] for l in range(ad.n_layers)], 1)
