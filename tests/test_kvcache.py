@@ -186,3 +186,20 @@ def test_separator_ids_on_a_real_tokenizer():
     for s in (".", ",", "\n", "?", "\n\n", " "):
         assert tok.token_to_id(s.replace(" ", "Ġ").replace("\n", "Ċ")) in sep
     assert tok.token_to_id("the") not in sep and 50 < len(sep) < 1000
+
+
+def test_kv_attention_stats_leaves_other_registrations_alone():
+    # regression: kvcache once registered "tokenlab_stats_eager", overwriting attnstats' function of that name,
+    # after which sinks.collect(attention="full") saw no layers
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from tokenlab import attnstats
+    from tokenlab.sinks import collect
+    from tokenlab.zoo import tiny_llama
+    m = tiny_llama(30, d_model=16, n_layers=2, n_heads=2, seed=0, attn="eager")
+    ids = torch.arange(12)[None]
+    with torch.no_grad(), attention_stats(m, lambda l, r: None): m(ids)
+    for name, fn in ((attnstats.STATS_IMPL["sdpa"], attnstats.stats_sdpa_attention),
+                     (attnstats.STATS_IMPL["eager"], attnstats.stats_eager_attention)):
+        assert ALL_ATTENTION_FUNCTIONS[name] is fn, name
+    si = collect(tiny_llama(30, d_model=16, n_layers=2, n_heads=2, seed=0), ids, attention="full")
+    assert si.alpha.shape == (1, 2, 2, 12)

@@ -33,6 +33,11 @@ def _run(exp, tmp_path, *a, **kw):
     return runner.run(*a, **kw)
 
 
+def _st(res) -> list[str]:
+    "Statuses, with the error of a failed run attached so that a failing assertion shows it."
+    return [r["status"] if r["status"] != "failed" else f"failed: {r.get('error')}" for r in res]
+
+
 def seen(tmp_path, stem): return json.loads((tmp_path / f"{stem}.json").read_text())
 
 
@@ -94,21 +99,21 @@ def test_timeout_kills_the_kernel(experiments, tmp_path):
 
 def test_parallel_jobs_overlap(probe, tmp_path):
     res = _run(probe, tmp_path, None, "smoke", {"sleep": 4.0}, jobs=2)
-    assert [r["status"] for r in res] == ["ok", "ok"]
+    assert _st(res) == ["ok", "ok"]
     a, b = seen(tmp_path, "p1"), seen(tmp_path, "p2")
     assert a["start"] < b["end"] and b["start"] < a["end"], "the two notebooks did not run concurrently"
 
 
 def test_resume(probe, tmp_path):
-    assert [r["status"] for r in _run(probe, tmp_path, None, "smoke")] == ["ok", "ok"]
-    assert [r["status"] for r in _run(probe, tmp_path, None, "smoke", resume=True)] == ["skipped", "skipped"]
+    assert _st(_run(probe, tmp_path, None, "smoke")) == ["ok", "ok"]
+    assert _st(_run(probe, tmp_path, None, "smoke", resume=True)) == ["skipped", "skipped"]
     # changed parameters -> rerun; without --resume -> rerun
-    assert [r["status"] for r in _run(probe, tmp_path, ["p1"], "smoke", {"n": 9}, resume=True)] == ["ok"]
-    assert [r["status"] for r in _run(probe, tmp_path, ["p2"], "smoke")] == ["ok"]
+    assert _st(_run(probe, tmp_path, ["p1"], "smoke", {"n": 9}, resume=True)) == ["ok"]
+    assert _st(_run(probe, tmp_path, ["p2"], "smoke")) == ["ok"]
     # changed notebook -> rerun
     nb = probe.dir / "p2.ipynb"; nb.write_text(nb.read_text().replace("time.sleep(sleep)", "time.sleep(sleep) "))
-    assert [r["status"] for r in _run(probe, tmp_path, ["p2"], "smoke", resume=True)] == ["ok"]
-    assert [r["status"] for r in _run(probe, tmp_path, ["p2"], "smoke", resume=True)] == ["skipped"]
+    assert _st(_run(probe, tmp_path, ["p2"], "smoke", resume=True)) == ["ok"]
+    assert _st(_run(probe, tmp_path, ["p2"], "smoke", resume=True)) == ["skipped"]
     # a failed run is never skipped
     probe.add("p3", "profile = 'smoke'", "1/0")
     assert _run(probe, tmp_path, ["p3"], "smoke", resume=True)[0]["status"] == "failed"

@@ -85,14 +85,25 @@ def test_independent_sources_agree(a, b, s):
 @FEW
 @given(s=text)
 def test_sentencepiece_to_hf_matches_sentencepiece(name, s):
+    # SentencePiece never makes a control token (e.g. [INST]) from text; the converted tokenizer does by default, as
+    # transformers' own converter does (chat templates rely on it). With encode_special_tokens on, they must agree.
     tok = tok_(name)
-    hf = _hf_of(name)
+    hf = _hf_of(name, plain=True)
     assert hf.encode(s, add_special_tokens=False).ids == tok.encode(s)
 
+def test_sentencepiece_to_hf_keeps_control_tokens_in_text():
+    tok, hf = tok_("mistral-v3"), _hf_of("mistral-v3")
+    inst = tok.sp.piece_to_id("[INST]")
+    assert hf.encode("[INST] hi", add_special_tokens=False).ids[0] == inst
+    assert inst not in tok.encode("[INST] hi") and inst not in _hf_of("mistral-v3", plain=True).encode("[INST] hi").ids
+
 _HF_CACHE = {}
-def _hf_of(name):
-    if name not in _HF_CACHE: _HF_CACHE[name] = tok_(name).to_hf()
-    return _HF_CACHE[name]
+def _hf_of(name, plain=False):
+    "`to_hf()` of a registered tokenizer; `plain`: special tokens in text are encoded as text (encode_special_tokens)."
+    if (name, plain) not in _HF_CACHE:
+        hf = tok_(name).to_hf(); hf.encode_special_tokens = plain
+        _HF_CACHE[name, plain] = hf
+    return _HF_CACHE[name, plain]
 
 def test_to_hf_saves_and_loads_in_transformers(tmp_path):
     from transformers import PreTrainedTokenizerFast

@@ -212,7 +212,7 @@ class PolicyCache(DynamicCache):
                 L.keep(self.policy.select(L.pos, L.ids, L.scores if self.policy.needs_scores else None))
 
 # %% ../nbs/24_kvcache.ipynb #28310bff
-_STATS_PREFIX = "tokenlab_stats_"
+_STATS_PREFIX = "tokenlab_kv_received_"
 _CALLBACKS: dict[int, Callable] = {}      # id(attention module) -> callback, while a context is active
 
 def received_attention(query, key, attention_mask, scaling: float) -> torch.Tensor:

@@ -13,9 +13,9 @@ from filelock import FileLock
 from .core import TokenlabError, check_choice, repo_root, atomic_write_text, sha256_file, figures_dir
 
 # %% auto #0
-__all__ = ['STANDARD_PROFILES', 'experiments_dir', 'runs_dir', 'list_notebooks', 'load_profiles', 'profile_names',
-           'parse_assignment', 'parse_sweeps', 'notebook_parameters', 'Job', 'resolve_params', 'plan', 'execute',
-           'library_sha', 'job_key', 'summary_markdown', 'wall_line', 'outputs_intact', 'run', 'describe']
+__all__ = ['STANDARD_PROFILES', 'KERNEL_START_TIMEOUT_S', 'experiments_dir', 'runs_dir', 'list_notebooks', 'load_profiles',
+           'profile_names', 'parse_assignment', 'parse_sweeps', 'notebook_parameters', 'Job', 'resolve_params', 'plan',
+           'execute', 'library_sha', 'job_key', 'summary_markdown', 'wall_line', 'outputs_intact', 'run', 'describe']
 
 # %% ../nbs/04_runner.ipynb #88751eb2
 STANDARD_PROFILES = ("smoke", "cpu", "gpu")
@@ -122,6 +122,8 @@ def plan(notebooks: list[str] | None, profile: str, overrides: dict | None = Non
     return jobs
 
 # %% ../nbs/04_runner.ipynb #18363ee6
+KERNEL_START_TIMEOUT_S = 300   # papermill waits 60 s by default; a loaded 2-core machine can take longer
+
 def _kernel_dir() -> str:
     "A JUPYTER_PATH entry holding a `python3` kernel spec that runs `sys.executable`."
     d = Path(tempfile.mkdtemp(prefix="tokenlab-kernel-"))
@@ -140,7 +142,8 @@ def _child_main(jobfile: str | None = None) -> None:
     try:
         import papermill as pm
         pm.execute_notebook(job["input"], job["output"], parameters=job["params"], kernel_name="python3",
-                            cwd=job["cwd"], progress_bar=False, log_output=False, request_save_on_cell_execute=True)
+                            cwd=job["cwd"], progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                            start_timeout=KERNEL_START_TIMEOUT_S)
     except Exception as e:
         ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
         msg = f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
