@@ -12,7 +12,7 @@ from .core import TokenlabError
 # %% auto #0
 __all__ = ['UNSPACED', 'count_table', 'token_premium', 'bootstrap_premium', 'premium_summary', 'unk_rate', 'words',
            'renyi_entropy', 'renyi_efficiency', 'tokenizer_metrics', 'token_freq', 'metrics_from_ids', 'word_counts',
-           'language_metrics']
+           'language_metrics', 'metrics_over_tokenizers']
 
 # %% ../nbs/12_metrics.ipynb #bd089e02
 def _counter(tokenizer) -> Callable[[list[str]], list[int]]:
@@ -177,3 +177,51 @@ def language_metrics(tokenizer, texts: Mapping[str, Mapping[int, str]], referenc
     df["bytes_per_token"] = nbytes / np.maximum(tokens, 1)
     df["premium"] = df.tokens / df.tokens[langs.index(reference_language)]
     return pooled, df
+
+# %% ../nbs/12_metrics.ipynb #50498dcd
+import os, multiprocessing as _mp
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+_SHARED: dict = {}
+
+def _init_worker(shared: dict) -> None:
+    _SHARED.clear(); _SHARED.update(shared)
+
+def _metrics_of(name: str) -> tuple[dict, pd.DataFrame]:
+    "One row of pooled metrics and the per-language table of registered tokenizer `name` (in a worker)."
+    from tokenlab.tokenizers import load_tokenizer
+    s = _SHARED
+    try:
+        tok = load_tokenizer(name)
+        pooled, by_lang = language_metrics(tok, s["texts"], s["reference_language"], s["n_words"], s["reference"], s["alpha"])
+    except Exception as e:
+        raise TokenlabError(f"tokenizer {name!r}: {type(e).__name__}: {e}") from None
+    return {"tokenizer": name, "family": tok.family, "vocab_size": tok.vocab_size, **pooled}, by_lang
+
+def metrics_over_tokenizers(names: Sequence[str], texts: Mapping[str, Mapping[int, str]], reference_language: str = "eng",
+                            n_words: Mapping[str, int] | None = None, reference=None, alpha: float = 2.5,
+                            jobs: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """`language_metrics` of every registered tokenizer in `names` over `texts[lang][unit]`, `jobs` processes at a time
+    (default min(2, cores)): (a table with one row per tokenizer, in the order of `names`; name -> per-language table)."""
+    from tqdm.auto import tqdm
+    names = list(names)
+    if not names: raise TokenlabError("no tokenizers given")
+    if len(set(names)) != len(names): raise TokenlabError(f"tokenizers listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    if reference_language not in texts: raise TokenlabError(f"reference language {reference_language!r} is not among the {len(texts)} languages")
+    jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
+    if not isinstance(jobs, int) or jobs < 1: raise TokenlabError(f"jobs must be an integer >= 1, got {jobs!r}")
+    shared = dict(texts=texts, n_words=dict(n_words) if n_words is not None else word_counts(texts),
+                  reference_language=reference_language, reference=reference, alpha=alpha)
+    out, bar = {}, tqdm(total=len(names), desc="tokenizers", disable=not progress)
+    try:
+        if min(jobs, len(names)) == 1:
+            _init_worker(shared)
+            for n in names: out[n] = _metrics_of(n); bar.update()
+        else:
+            ctx = _mp.get_context("fork" if "fork" in _mp.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(min(jobs, len(names)), mp_context=ctx, initializer=_init_worker, initargs=(shared,)) as ex:
+                futs = {ex.submit(_metrics_of, n): n for n in names}
+                for f in as_completed(futs): out[futs[f]] = f.result(); bar.update()
+    finally:
+        bar.close(); _SHARED.clear()
+    return pd.DataFrame([out[n][0] for n in names]), {n: out[n][1] for n in names}
