@@ -10,7 +10,7 @@ PROBE = """
 import json, os, sys, time
 t0 = time.time(); time.sleep(sleep)
 json.dump({"prefix": sys.prefix, "executable": sys.executable, "cwd": os.getcwd(), "n": n,
-           "env_profile": os.environ.get("TOKENLAB_PROFILE"), "profile": profile, "start": t0, "end": time.time()},
+           "env_profile": os.environ.get("TOKENLAB_PROFILE"), "omp": os.environ.get("OMP_NUM_THREADS"), "profile": profile, "start": t0, "end": time.time()},
           open(out, "w"))
 """
 
@@ -102,6 +102,15 @@ def test_parallel_jobs_overlap(probe, tmp_path):
     assert _st(res) == ["ok", "ok"]
     a, b = seen(tmp_path, "p1"), seen(tmp_path, "p2")
     assert a["start"] < b["end"] and b["start"] < a["end"], "the two notebooks did not run concurrently"
+    # parallel jobs share the cores: each child's math libraries start with cores // jobs threads
+    want = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // 2))
+    assert a["omp"] == b["omp"] == want
+
+
+def test_one_job_keeps_default_threads(probe, tmp_path):
+    assert _st(_run(probe, tmp_path, ["p1"], "smoke")) == ["ok"]
+    assert seen(tmp_path, "p1")["omp"] == os.environ.get("OMP_NUM_THREADS")
+    assert runner.thread_env(None) == {} and set(runner.thread_env(3).values()) <= {"3"}
 
 
 def test_resume(probe, tmp_path):

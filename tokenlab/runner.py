@@ -13,9 +13,10 @@ from filelock import FileLock
 from .core import TokenlabError, check_choice, repo_root, atomic_write_text, sha256_file, figures_dir
 
 # %% auto #0
-__all__ = ['STANDARD_PROFILES', 'KERNEL_START_TIMEOUT_S', 'experiments_dir', 'runs_dir', 'list_notebooks', 'load_profiles',
-           'profile_names', 'parse_assignment', 'parse_sweeps', 'notebook_parameters', 'Job', 'resolve_params', 'plan',
-           'execute', 'library_sha', 'job_key', 'summary_markdown', 'wall_line', 'outputs_intact', 'run', 'describe']
+__all__ = ['STANDARD_PROFILES', 'KERNEL_START_TIMEOUT_S', 'THREAD_VARS', 'experiments_dir', 'runs_dir', 'list_notebooks',
+           'load_profiles', 'profile_names', 'parse_assignment', 'parse_sweeps', 'notebook_parameters', 'Job',
+           'resolve_params', 'plan', 'thread_env', 'execute', 'library_sha', 'job_key', 'summary_markdown', 'wall_line',
+           'outputs_intact', 'run', 'describe']
 
 # %% ../nbs/04_runner.ipynb #88751eb2
 STANDARD_PROFILES = ("smoke", "cpu", "gpu")
@@ -169,8 +170,17 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         except (ProcessLookupError, PermissionError): pass
     proc.wait()
 
-def execute(job: Job, out_dir: Path, timeout: float | None = None, exp_dir: Path | None = None) -> dict:
-    "Run one job in a child process; returns `{name, status, error, seconds}`."
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+
+def thread_env(threads: int | None) -> dict:
+    "Thread-count variables for a child that should use `threads` threads; those the user set are kept."
+    if threads is None: return {}
+    return {v: str(threads) for v in THREAD_VARS if v not in os.environ}
+
+def execute(job: Job, out_dir: Path, timeout: float | None = None, exp_dir: Path | None = None,
+            threads: int | None = None) -> dict:
+    """Run one job in a child process; returns `{name, status, error, seconds}`. `threads`: the thread count the
+    child's math libraries (torch's OpenMP, MKL, BLAS, rayon) start with (None: their default, all cores)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tokenlab-job-") as tmp:
@@ -178,7 +188,7 @@ def execute(job: Job, out_dir: Path, timeout: float | None = None, exp_dir: Path
         jf.write_text(json.dumps({"input": str(job.path), "output": str(out_dir / f"{job.name}.ipynb"),
                                   "params": job.params, "cwd": str(Path(exp_dir or job.path.parent)),
                                   "result": str(rf)}))
-        env = {**os.environ, "TOKENLAB_PROFILE": job.params["profile"], "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **thread_env(threads), "TOKENLAB_PROFILE": job.params["profile"], "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-c", "from tokenlab.runner import _child_main; _child_main()", str(jf)]
         with open(out_dir / f"{job.name}.log", "wb") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -267,8 +277,10 @@ def run(notebooks: list[str] | None = None, profile: str = "smoke", overrides: d
             atomic_write_text(state_file, json.dumps(st, indent=1, sort_keys=True, default=str) + "\n")
 
     bar = tqdm(total=len(pending), desc=f"{profile} profile", unit="notebook", disable=not progress or not pending)
-    with cf.ThreadPoolExecutor(max(1, int(jobs))) as ex:
-        futs = {ex.submit(execute, j, out, timeout, exp_dir): j for j in pending}
+    jobs = max(1, int(jobs))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None     # parallel jobs share the cores
+    with cf.ThreadPoolExecutor(jobs) as ex:
+        futs = {ex.submit(execute, j, out, timeout, exp_dir, threads): j for j in pending}
         for f in cf.as_completed(futs):
             j = futs[f]
             try: r = f.result()
