@@ -12,14 +12,16 @@ from pathlib import Path
 LENGTHS = tuple(int(x) for x in os.environ.get("ATTN_STATS_LENGTHS", "512,2048,8192").split(","))
 GPU_LENGTHS = (8192, 32768)
 THREADS = int(os.environ.get("ATTN_STATS_THREADS", "1"))
-REPEATS = int(os.environ.get("ATTN_STATS_REPEATS", "2"))   # fresh processes per method and length, interleaved
+REPEATS = int(os.environ.get("ATTN_STATS_REPEATS", "2"))
+CHUNK = os.environ.get("ATTN_STATS_CHUNK")   # chunk_elems override (default: attention_stats' own)   # fresh processes per method and length, interleaved
 EAGER_BUDGET = 0.5             # eager output_attentions only where L*H*N^2 fp32 fits in this share of available RAM
 DESCRIPTION = (f"SmolLM2-135M-Instruct, fp32, CPU ({THREADS} thread), one sequence of N random token ids, lengths "
                f"{'/'.join(map(str, LENGTHS))} ($ATTN_STATS_LENGTHS): wall time and peak memory of one forward pass (the fastest and the largest of "
                f"$ATTN_STATS_REPEATS={REPEATS} fresh processes, interleaved) "
                "with tokenlab.attnstats recording column mass, entropy, first-token and one token-set mass for all 30 "
-               "layers x 9 heads (ours: the model's SDPA computes the attention output; ours_fused_output: output='fused', the "
-               "statistics pass computes the output too and SDPA is skipped) vs the same forward under plain SDPA (peer), "
+               "layers x 9 heads (ours: the default output='fused', the statistics pass computes the attention output "
+               "too and SDPA is skipped; ours_sdpa_output: output='sdpa', the model's SDPA computes the output and the "
+               "statistics recompute q k^T) vs the same forward under plain SDPA (peer), "
                "and vs eager output_attentions=True "
                "where its L x H x N^2 tensors fit; every forward asks logits_to_keep=1 (the logits are not what is "
                "compared). Targets: time and peak memory within 1.5x of plain SDPA. GPU shape (only with CUDA): a "
@@ -56,7 +58,7 @@ def _llama_1b(device):
 
 
 def worker(method: str, n: int, shape: str) -> dict:
-    "One forward pass of `method` (sdpa | stats | stats_fused | eager) at `n` tokens; returns seconds and peak memory (MB)."
+    "One forward pass of `method` (sdpa | stats | stats_sdpa | eager) at `n` tokens; returns seconds and peak memory (MB)."
     import torch
     torch.set_num_threads(THREADS)
     from tokenlab.attnstats import attention_stats
@@ -70,8 +72,9 @@ def worker(method: str, n: int, shape: str) -> dict:
     sets = {"some": list(range(100, 1100))}
 
     def forward(x):
-        if method in ("stats", "stats_fused"):
-            with attention_stats(model, token_sets=sets, output="fused" if method == "stats_fused" else "sdpa") as st:
+        if method in ("stats", "stats_sdpa"):
+            kw = {"chunk_elems": int(CHUNK)} if CHUNK else {}
+            with attention_stats(model, token_sets=sets, output="sdpa" if method == "stats_sdpa" else "fused", **kw) as st:
                 model(x, logits_to_keep=1)
             return st
         if method == "eager":
@@ -92,7 +95,7 @@ def worker(method: str, n: int, shape: str) -> dict:
                 t0 = time.perf_counter(); out = forward(ids); secs = time.perf_counter() - t0
             peak = pk.peak - base
     res = {"seconds": round(secs, 4), "peak_mb": round(peak, 1)}
-    if method in ("stats", "stats_fused"):
+    if method in ("stats", "stats_sdpa"):
         res["fused_layers"] = len(out.fused_layers)
         res["first_mass_layers_ge_5"] = round(float(torch.stack([out.first_mass[l].mean() for l in out.layers[5:]]).mean()), 4)
     return res
@@ -165,7 +168,7 @@ def run(lengths=None) -> dict:
     t_start = time.perf_counter()
     for n in lengths:
         load[f"before_{n}"] = _loadavg()
-        s, o, f = _repeated(("sdpa", "stats", "stats_fused"), n)
+        s, o, f = _repeated(("sdpa", "stats", "stats_sdpa"), n)
         sdpa[f"seconds_{n}"], sdpa[f"peak_mb_{n}"], sdpa[f"runs_seconds_{n}"] = s.get("seconds"), s.get("peak_mb"), s.get("runs_seconds")
         if "failed" in s: sdpa[f"failed_{n}"] = s["failed"]
         _ratios(ours, o, s, n); _ratios(fused, f, s, n)
@@ -181,8 +184,9 @@ def run(lengths=None) -> dict:
         d["time_within_1.5x"] = all(t is not None and t <= 1.5 for t, _ in ratios)
         d["memory_within_1.5x"] = all(m is not None and m <= 1.5 for _, m in ratios)
     load["after"] = _loadavg()
-    return {"ours": ours, "ours_fused_output": fused,
+    return {"ours": ours, "ours_sdpa_output": fused,
             "peers": {"plain SDPA forward": sdpa, "eager output_attentions=True": eager},
+            "chunk_elems": int(CHUNK) if CHUNK else "attention_stats default",
             "load_average_1_5_15min": load, "wall_seconds": round(time.perf_counter() - t_start, 1), "gpu": run_gpu()}
 
 

@@ -36,7 +36,7 @@ def _scratch(n: int, dev) -> torch.Tensor:
 def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None,
                             scaling: float | None = None, softcap: float | None = None, sliding_window: int | None = None,
                             is_causal: bool = True, position_sets: dict[str, torch.Tensor] | None = None,
-                            query_mask: torch.Tensor | None = None, chunk_elems: int = 1 << 20, min_rows: int = 32,
+                            query_mask: torch.Tensor | None = None, chunk_elems: int = 1 << 18, min_rows: int = 32,
                             value: torch.Tensor | None = None, what: Iterable[str] = STATS) -> dict:
     """Attention statistics of softmax(q k^T * scaling + mask) without materialising it.
 
@@ -189,7 +189,7 @@ def _token_ids(v) -> torch.Tensor | None:
 class AttentionStats:
     "Statistics recorded by `attention_stats` (see the table above for names and shapes); dicts keyed by layer."
     def __init__(self, adapter: Adapter, layers: list[int], heads: list[int] | None, token_sets: dict, chunk_elems: int,
-                 what: Iterable[str] = STATS, output: str = "sdpa"):
+                 what: Iterable[str] = STATS, output: str = "fused"):
         self.adapter, self.layers, self.chunk_elems = adapter, layers, chunk_elems
         self.what, self.output, self.fused_layers = tuple(what), output, []
         self.heads = heads if heads is not None else list(range(adapter.n_heads))
@@ -282,13 +282,13 @@ def _lm_configs(ad: Adapter, layers) -> dict:
 
 @contextlib.contextmanager
 def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None,
-                    token_sets: dict | None = None, chunk_elems: int = 1 << 20, what: Iterable[str] = STATS,
-                    output: str = "sdpa"):
+                    token_sets: dict | None = None, chunk_elems: int = 1 << 18, what: Iterable[str] = STATS,
+                    output: str = "fused"):
     """Record attention statistics of the next forward pass of `model` for `layers` (default all) and `heads`
     (default all); `token_sets`: name -> token ids or (N,) / (B, N) bool positions; `what`: which of `STATS` to
-    compute; `output`: "sdpa" (the model's kernel computes the attention output, default) or "fused" (the chunk
-    pass computes it too, and SDPA is skipped, in layers with plain causal self-attention and all heads recorded).
-    Yields an `AttentionStats`."""
+    compute; `output`: "fused" (default: in layers with plain causal self-attention and all heads recorded, the
+    chunk pass computes the attention output too and SDPA is skipped) or "sdpa" (the model's kernel always computes
+    the output; the statistics are a side computation). Yields an `AttentionStats`."""
     ad = Adapter(model)
     layers = list(range(ad.n_layers)) if layers is None else [ad.layer_index(l) for l in layers]
     if not layers: raise TokenlabError("no layers asked; give at least one layer index or None for all")
@@ -344,7 +344,7 @@ def _accepts(model, name: str) -> bool:
 
 @torch.no_grad()
 def collect_attention_stats(model, inputs, tokenizer=None, layers=None, heads=None, token_sets=None,
-                            chunk_elems: int = 1 << 20, what: Iterable[str] = STATS, output: str = "sdpa") -> AttentionStats:
+                            chunk_elems: int = 1 << 18, what: Iterable[str] = STATS, output: str = "fused") -> AttentionStats:
     "Run one forward pass on `inputs` (text, ids (N,) / (B, N), or a dict of model inputs) and return its `AttentionStats`."
     if isinstance(inputs, str):
         if not inputs.strip(): raise TokenlabError("empty text: nothing to attend to")

@@ -361,7 +361,7 @@ def _model_inputs(ad: Adapter, ids, tokenizer) -> dict:
     return inputs
 
 @torch.no_grad()
-def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_elems: int = 1 << 20) -> SinkInputs:
+def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_elems: int = 1 << 18) -> SinkInputs:
     "Run `model` once on `ids` (ids `(B, T)`, text with `tokenizer`, or a dict of model inputs) and gather every metric input; `attention`: 'stats', 'full' or 'none'."
     attention = {True: "full", False: "none"}.get(attention, attention) if isinstance(attention, bool) else attention
     check_choice("attention mode", attention, ATTENTION_MODES)
