@@ -12,8 +12,8 @@ from pathlib import Path
 LENGTHS = tuple(int(x) for x in os.environ.get("ATTN_STATS_LENGTHS", "512,2048,8192").split(","))
 GPU_LENGTHS = (8192, 32768)
 THREADS = int(os.environ.get("ATTN_STATS_THREADS", "1"))
-REPEATS = int(os.environ.get("ATTN_STATS_REPEATS", "2"))
-CHUNK = os.environ.get("ATTN_STATS_CHUNK")   # chunk_elems override (default: attention_stats' own)   # fresh processes per method and length, interleaved
+REPEATS = int(os.environ.get("ATTN_STATS_REPEATS", "2"))   # fresh processes per method and length, interleaved
+CHUNK = os.environ.get("ATTN_STATS_CHUNK")   # chunk_elems override (default: attention_stats' own)
 EAGER_BUDGET = 0.5             # eager output_attentions only where L*H*N^2 fp32 fits in this share of available RAM
 DESCRIPTION = (f"SmolLM2-135M-Instruct, fp32, CPU ({THREADS} thread), one sequence of N random token ids, lengths "
                f"{'/'.join(map(str, LENGTHS))} ($ATTN_STATS_LENGTHS): wall time and peak memory of one forward pass (the fastest and the largest of "
