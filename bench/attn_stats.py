@@ -164,27 +164,27 @@ def _repeated(methods, n: int) -> list[dict]:
 
 def run(lengths=None) -> dict:
     lengths = tuple(lengths or LENGTHS)
-    ours, fused, sdpa, eager, load = {}, {}, {}, {}, {}
+    ours, sdpa_out, sdpa, eager, load = {}, {}, {}, {}, {}
     t_start = time.perf_counter()
     for n in lengths:
         load[f"before_{n}"] = _loadavg()
-        s, o, f = _repeated(("sdpa", "stats", "stats_sdpa"), n)
+        s, o, so = _repeated(("sdpa", "stats", "stats_sdpa"), n)
         sdpa[f"seconds_{n}"], sdpa[f"peak_mb_{n}"], sdpa[f"runs_seconds_{n}"] = s.get("seconds"), s.get("peak_mb"), s.get("runs_seconds")
         if "failed" in s: sdpa[f"failed_{n}"] = s["failed"]
-        _ratios(ours, o, s, n); _ratios(fused, f, s, n)
+        _ratios(ours, o, s, n); _ratios(sdpa_out, so, s, n)
         if _eager_fits(n):
             e = _run_worker("eager", n, "cpu")
             eager[f"seconds_{n}"], eager[f"peak_mb_{n}"] = e.get("seconds"), e.get("peak_mb")
             if "failed" in e: eager[f"failed_{n}"] = e["failed"]
         else:
             eager[f"skipped_{n}"] = f"L*H*N^2 fp32 attentions exceed {EAGER_BUDGET:.0%} of available RAM"
-    for d in (ours, fused):
+    for d in (ours, sdpa_out):
         ratios = [(d.get(f"time_ratio_{n}"), d.get(f"memory_ratio_{n}")) for n in lengths]
         d["lengths_run"] = list(lengths)
         d["time_within_1.5x"] = all(t is not None and t <= 1.5 for t, _ in ratios)
         d["memory_within_1.5x"] = all(m is not None and m <= 1.5 for _, m in ratios)
     load["after"] = _loadavg()
-    return {"ours": ours, "ours_sdpa_output": fused,
+    return {"ours": ours, "ours_sdpa_output": sdpa_out,
             "peers": {"plain SDPA forward": sdpa, "eager output_attentions=True": eager},
             "chunk_elems": int(CHUNK) if CHUNK else "attention_stats default",
             "load_average_1_5_15min": load, "wall_seconds": round(time.perf_counter() - t_start, 1), "gpu": run_gpu()}

@@ -113,6 +113,14 @@ def test_one_job_keeps_default_threads(probe, tmp_path):
     assert runner.thread_env(None) == {} and set(runner.thread_env(3).values()) <= {"3"}
 
 
+def test_thread_env_sets_every_library_and_keeps_the_users_choice(monkeypatch):
+    for v in runner.THREAD_VARS: monkeypatch.delenv(v, raising=False)
+    assert runner.thread_env(3) == {v: "3" for v in runner.THREAD_VARS}
+    assert set(runner.THREAD_VARS) >= {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert "OMP_NUM_THREADS" not in runner.thread_env(3) and runner.thread_env(3)["MKL_NUM_THREADS"] == "3"
+
+
 def test_resume(probe, tmp_path):
     assert _st(_run(probe, tmp_path, None, "smoke")) == ["ok", "ok"]
     assert _st(_run(probe, tmp_path, None, "smoke", resume=True)) == ["skipped", "skipped"]

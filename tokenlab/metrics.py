@@ -160,10 +160,13 @@ def word_counts(texts: Mapping[str, Mapping[int, str]]) -> dict[str, int]:
     "Number of words (see `words`) per language of `texts[lang][unit]`."
     return {lang: sum(len(words(t)) for t in units.values()) for lang, units in texts.items()}
 
+def _check_reference(texts: Mapping, reference_language: str) -> None:
+    if reference_language not in texts: raise TokenlabError(f"reference language {reference_language!r} is not among the {len(texts)} languages")
+
 def language_metrics(tokenizer, texts: Mapping[str, Mapping[int, str]], reference_language: str = "eng",
                      n_words: Mapping[str, int] | None = None, reference=None, alpha: float = 2.5) -> tuple[dict, pd.DataFrame]:
     "(pooled metrics, per-language table) of one tokenizer over `texts[lang][unit]`, each text encoded once."
-    if reference_language not in texts: raise TokenlabError(f"reference language {reference_language!r} is not among the {len(texts)} languages")
+    _check_reference(texts, reference_language)
     n_words = dict(n_words) if n_words is not None else word_counts(texts)
     langs = list(texts)
     flat = [t for lang in langs for t in texts[lang].values()]
@@ -207,7 +210,7 @@ def metrics_over_tokenizers(names: Sequence[str], texts: Mapping[str, Mapping[in
     names = list(names)
     if not names: raise TokenlabError("no tokenizers given")
     if len(set(names)) != len(names): raise TokenlabError(f"tokenizers listed twice: {sorted({n for n in names if names.count(n) > 1})}")
-    if reference_language not in texts: raise TokenlabError(f"reference language {reference_language!r} is not among the {len(texts)} languages")
+    _check_reference(texts, reference_language)
     jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
     if not isinstance(jobs, int) or jobs < 1: raise TokenlabError(f"jobs must be an integer >= 1, got {jobs!r}")
     shared = dict(texts=texts, n_words=dict(n_words) if n_words is not None else word_counts(texts),
