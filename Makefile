@@ -13,7 +13,7 @@ help:
 	@echo "make reproduce   fetch assets, run every experiment (profile cpu) -> figures/cpu/"
 	@echo "make test        unit, property, notebook and smoke-profile experiment tests"
 	@echo "make lab         open the notebook collection in JupyterLab"
-	@echo "make export      nbdev_export + nbdev_clean after editing nbs/"
+	@echo "make export      nbdev_clean + nbdev_export after editing nbs/"
 	@echo "make bench       run the benchmarks in bench/"
 
 venv: $(STAMP)
@@ -40,7 +40,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab nbs/
 
 export: $(STAMP)
-	$(VENV)/bin/nbdev_export && $(VENV)/bin/nbdev_clean
+	$(VENV)/bin/nbdev_clean && $(VENV)/bin/nbdev_export
 
 bench: $(STAMP)
 	$(VENV)/bin/tokenlab fetch --tier core

@@ -1,4 +1,4 @@
-"""Attention statistics forward (tokenlab.attnstats) vs a plain SDPA forward, and vs eager output_attentions where it fits.
+"""Attention statistics forward (tokenlab.attention.stats) vs a plain SDPA forward, and vs eager output_attentions where it fits.
 
 Each measurement runs in a fresh subprocess (`python -m bench.attn_stats --worker METHOD N`) so that peak
 memory is that of one forward pass: on CPU the resident set size sampled every 2 ms during the forward
@@ -18,7 +18,7 @@ EAGER_BUDGET = 0.5             # eager output_attentions only where L*H*N^2 fp32
 DESCRIPTION = (f"SmolLM2-135M-Instruct, fp32, CPU ({THREADS} thread), one sequence of N random token ids, lengths "
                f"{'/'.join(map(str, LENGTHS))} ($ATTN_STATS_LENGTHS): wall time and peak memory of one forward pass (the fastest and the largest of "
                f"$ATTN_STATS_REPEATS={REPEATS} fresh processes, interleaved) "
-               "with tokenlab.attnstats recording column mass, entropy, first-token and one token-set mass for all 30 "
+               "with tokenlab.attention.stats recording column mass, entropy, first-token and one token-set mass for all 30 "
                "layers x 9 heads (ours: the default output='fused', the statistics pass computes the attention output "
                "too and SDPA is skipped; ours_sdpa_output: output='sdpa', the model's SDPA computes the output and the "
                "statistics recompute q k^T) vs the same forward under plain SDPA (peer), "
@@ -61,11 +61,11 @@ def worker(method: str, n: int, shape: str) -> dict:
     "One forward pass of `method` (sdpa | stats | stats_sdpa | eager) at `n` tokens; returns seconds and peak memory (MB)."
     import torch
     torch.set_num_threads(THREADS)
-    from tokenlab.attnstats import attention_stats
+    from tokenlab.attention.stats import attention_stats
     if shape == "gpu":
         dev = torch.device("cuda"); model = _llama_1b(dev)
     else:
-        from tokenlab.models import load_model
+        from tokenlab.models.loading import load_model
         dev = torch.device("cpu"); model = load_model(device=dev, dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, model.config.vocab_size, (1, n), generator=g).to(dev)

@@ -1,10 +1,10 @@
-"""Research BPE training time: tokenlab.bpe vs HF tokenizers' BpeTrainer (8k merges, ~12 MB) and vs minbpe (slice)."""
+"""Research BPE training time: tokenlab.tokenizers.bpe vs HF tokenizers' BpeTrainer (8k merges, ~12 MB) and vs minbpe (slice)."""
 from __future__ import annotations
 import os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 DESCRIPTION = ("Wall time to learn 8,000 byte-level BPE merges on the English corpus (~12 MB, split at newlines): "
-               "tokenlab.bpe.train_bpe vs HF tokenizers' BpeTrainer (tokenlab.train.train_tokenizer, same GPT-2 "
+               "tokenlab.tokenizers.bpe.train_bpe vs HF tokenizers' BpeTrainer (tokenlab.tokenizers.train.train_tokenizer, same GPT-2 "
                "pre-tokenisation; merges compared). Targets: within 5x of HF. Then, on a slice of SLICE_BYTES bytes "
                "with SLICE_MERGES merges, vs karpathy/minbpe's RegexTokenizer (recounts every pair each merge; run "
                "from a checkout given by $MINBPE_DIR or a git mirror at $MINBPE_GIT, never copied here); target >= 20x.")
@@ -31,9 +31,9 @@ def _time(fn):
 
 
 def run() -> dict:
-    from tokenlab.corpora import english_corpus
-    from tokenlab.bpe import train_bpe, read_hf_bpe, BPE_SPLIT
-    from tokenlab.train import train_tokenizer
+    from tokenlab.lab.corpora import english_corpus
+    from tokenlab.tokenizers.bpe import train_bpe, read_hf_bpe, BPE_SPLIT
+    from tokenlab.tokenizers.train import train_tokenizer
     text = english_corpus()
     chunks = text.split("\n")
     hf, t_hf = _time(lambda: train_tokenizer(chunks, "bpe", 256 + MERGES))

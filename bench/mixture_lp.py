@@ -1,11 +1,11 @@
-"""Data-mixture inference (Hayase et al. 2024): tokenlab.mixture vs the paper's solver (alisawuffles/tokenizer-attack)."""
+"""Data-mixture inference (Hayase et al. 2024): tokenlab.tokenizers.mixture vs the paper's solver (alisawuffles/tokenizer-attack)."""
 from __future__ import annotations
 import contextlib, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 DESCRIPTION = ("Data-mixture inference from a BPE merge list on N_TOK byte-level BPE tokenizers (HF trainer) trained on "
-               "known Dirichlet(1) mixtures of tokenlab.mixture's 7 default categories, first N_MERGES merges, count "
-               "samples held apart from the training text. Ours: tokenlab.mixture.infer_mixture (replay with incremental "
+               "known Dirichlet(1) mixtures of tokenlab.tokenizers.mixture's 7 default categories, first N_MERGES merges, count "
+               "samples held apart from the training text. Ours: tokenlab.tokenizers.mixture.infer_mixture (replay with incremental "
                "pair counts + lazy-constraint LP on scipy HiGHS); also our LP with all candidate constraints at once (own "
                "baseline). Peer: the paper's solver, run_solver.lazy_optimize from alisawuffles/tokenizer-attack (run from "
                "a git mirror, $TOKATTACK_GIT, never copied here; Gurobi through pip's size-limited gurobipy licence, prqrs, "
@@ -86,8 +86,8 @@ def _peer_python() -> tuple[str | None, str]:
 
 def _all_pair_counts(counts, merges) -> tuple[list[dict], int]:
     "The peer's all_pair_counts.json: every pair's count before merge 0, then before each later merge the pairs whose count changed."
-    from tokenlab.bpe import _apply, _init_state
-    from tokenlab.tokenizers import byte_to_unicode
+    from tokenlab.tokenizers.bpe import _apply, _init_state
+    from tokenlab.tokenizers.backends import byte_to_unicode
     b2u = byte_to_unicode()
     st = _init_state(counts, ())
     ids = {v: i for i, v in enumerate(st.vocab)}
@@ -110,11 +110,11 @@ def _errors(est: dict, true: dict) -> dict:
 
 def run() -> dict:
     import numpy as np
-    from tokenlab.train import train_tokenizer
-    from tokenlab.tokenizers import byte_to_unicode
-    from tokenlab.mixture import (default_categories, split_category, mixture_corpus, infer_mixture, merge_list,
-                                  word_counts_of, replay, solve_mixture)
-    from tokenlab.segment import bpe_vocab
+    from tokenlab.tokenizers.train import train_tokenizer
+    from tokenlab.tokenizers.backends import byte_to_unicode
+    from tokenlab.tokenizers.mixture import (default_categories, split_category, mixture_corpus, infer_mixture,
+                                             merge_list, word_counts_of, replay, solve_mixture)
+    from tokenlab.tokenizers.segment import bpe_vocab
     cats = default_categories(CATEGORY_BYTES)
     split = {k: split_category(v) for k, v in cats.items()}
     pools, samples = {k: p for k, (p, _) in split.items()}, {k: s for k, (_, s) in split.items()}

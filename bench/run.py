@@ -24,7 +24,7 @@ def cpu_model() -> str:
 
 def machine() -> dict:
     "Where and when: device description, CPU model, UTC date, git commit."
-    from tokenlab.core import device_description, repo_root
+    from tokenlab.lab.core import device_description, repo_root
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True).stdout.strip() or None
     except OSError: commit = None
@@ -43,7 +43,7 @@ def table(name: str, res: dict) -> str:
 
 def run_one(name: str) -> dict:
     "Run benchmark `name`, write its JSON, print its table."
-    from tokenlab.core import atomic_write_text, check_choice
+    from tokenlab.lab.core import atomic_write_text, check_choice
     mod = importlib.import_module(BENCHMARKS[check_choice("benchmark", name, BENCHMARKS)])
     res = mod.run()
     out = {"benchmark": name, "description": mod.DESCRIPTION, "machine": machine(), **res}
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as e: desc = f"(unavailable: {e})"
             print(f"{n}: {desc}")
         return 0
-    from tokenlab.core import TokenlabError
+    from tokenlab.lab.core import TokenlabError
     try:
         for n in (list(BENCHMARKS) if a.all else a.names): run_one(n)
     except TokenlabError as e:

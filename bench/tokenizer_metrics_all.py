@@ -2,7 +2,7 @@
 from __future__ import annotations
 import os, time
 
-DESCRIPTION = ("Wall time of tokenlab.metrics.metrics_over_tokenizers (language_metrics of every real registered "
+DESCRIPTION = ("Wall time of tokenlab.tokenizers.metrics.metrics_over_tokenizers (language_metrics of every real registered "
                "tokenizer, METRICS_JOBS processes, default 2) over every complete UDHR language (all articles): load + "
                "encode once + pooled metrics + per-language table; target < 60 s on 2 cores. Peer: tokenization-scorer "
                "(Zouhar et al.'s reference scorer) computing Renyi efficiency (alpha 2.5, full vocabulary) from the same "
@@ -26,9 +26,9 @@ def _peer_renyi(ids: list[list[int]], vocab_size: int) -> tuple[float | None, fl
 
 def run() -> dict:
     import resource
-    from tokenlab import corpora
-    from tokenlab.tokenizers import load_tokenizer, list_tokenizers
-    from tokenlab.metrics import metrics_over_tokenizers, word_counts
+    from tokenlab.lab import corpora
+    from tokenlab.tokenizers.registry import load_tokenizer, list_tokenizers
+    from tokenlab.tokenizers.metrics import metrics_over_tokenizers, word_counts
     jobs = int(os.environ.get("METRICS_JOBS", 2))
     t_start, c_start = time.perf_counter(), time.process_time()
     texts = {c: corpora.udhr_articles(c) for c in corpora.udhr_languages().code}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 import time
 
-DESCRIPTION = ("MB/s encoding the first 2 MB of tokenlab.corpora.english_corpus() line by line with GPT-2 ranks: "
+DESCRIPTION = ("MB/s encoding the first 2 MB of tokenlab.lab.corpora.english_corpus() line by line with GPT-2 ranks: "
                "tokenlab load_tokenizer('gpt2').encode_batch vs tiktoken and HF tokenizers (ByteLevel BPE)")
 LIMIT = 2_000_000
 REPEATS = 3
@@ -11,11 +11,13 @@ REPEATS = 3
 def _need():
     "Import the tokenlab modules this benchmark needs, with a clear message if they are missing."
     try:
-        from tokenlab import corpora, tokenizers, assets
+        from tokenlab.lab import corpora
+        from tokenlab import tokenizers
+        from tokenlab.lab import assets
         return corpora, tokenizers, assets
     except ImportError as e:
-        from tokenlab.core import TokenlabError
-        raise TokenlabError(f"tokenizer_throughput needs tokenlab.corpora, tokenlab.tokenizers and tokenlab.assets ({e})")
+        from tokenlab.lab.core import TokenlabError
+        raise TokenlabError(f"tokenizer_throughput needs tokenlab.lab.corpora, tokenlab.tokenizers and tokenlab.lab.assets ({e})")
 
 
 def _measure(encode, lines, nbytes) -> dict:

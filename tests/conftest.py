@@ -30,7 +30,7 @@ def _isolated_outputs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TOKENLAB_RUNS", str(base / "runs"))
     monkeypatch.delenv("TOKENLAB_PROFILE", raising=False)
     try:
-        from tokenlab import results
+        from tokenlab.lab import results
         monkeypatch.setattr(results, "_CTX", None)
     except ImportError:
         pass

@@ -6,15 +6,17 @@ import pytest, torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-from tokenlab.core import TokenlabError
-from tokenlab.models import TINY_TYPES, Adapter, tiny_inputs, tiny_model
-from tokenlab import attnstats
-from tokenlab.attnstats import _lm_configs, _module_eager
-from tokenlab.microscope import deletion_nll
-from tokenlab.zoo import sequence_nll
-from tokenlab.sinks import (SINK_METRICS, collect, record, sink_scores, sink_rate, first_token_share, value_drain, residual_peak,
-                            massive_activations, sink_token_similarity, channel_overlap, massive_origin, head_activity,
-                            dormant_by_domain, logit_lens_ranks, linearity, token_nonlinearity, layer_linearity)
+from tokenlab.lab.core import TokenlabError
+from tokenlab.models.tiny import TINY_TYPES, tiny_inputs, tiny_model
+from tokenlab.models.arch import Adapter
+from tokenlab.attention import stats as attnstats
+from tokenlab.attention.stats import _lm_configs, _module_eager
+from tokenlab.attention.deletion import deletion_nll
+from tokenlab.models.trainer import sequence_nll
+from tokenlab.attention.sinks import (SINK_METRICS, collect, record, sink_scores, sink_rate, first_token_share,
+                                      value_drain, residual_peak, massive_activations, sink_token_similarity,
+                                      channel_overlap, massive_origin, head_activity, dormant_by_domain,
+                                      logit_lens_ranks, linearity, token_nonlinearity, layer_linearity)
 
 torch.set_num_threads(1)
 OVERRIDES = {"granite": dict(residual_multiplier=0.5)}        # exercise the residual multiplier (default 1)

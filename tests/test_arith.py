@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from tokenlab.core import TokenlabError
-from tokenlab.arith import (SCHEMES, VOCAB, TOKEN_ID, PAD, EOS, AdditionTask, OracleLM, chunk, encode_number,
-                            decode_ids, prompt_ids, answer_ids, predictions, accuracy, error_positions, greedy_decode)
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.numbers import (SCHEMES, VOCAB, TOKEN_ID, PAD, EOS, AdditionTask, OracleLM, chunk,
+                                         encode_number, decode_ids, prompt_ids, answer_ids, predictions, accuracy,
+                                         error_positions, greedy_decode)
 
 numbers = st.text(alphabet="0123456789", min_size=1, max_size=40)
 

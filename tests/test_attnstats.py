@@ -2,10 +2,12 @@
 from __future__ import annotations
 import pytest, torch
 from hypothesis import given, settings, strategies as hs
-from tokenlab.core import TokenlabError
-from tokenlab.models import TINY_TYPES, Adapter, tiny_inputs, tiny_model
-from tokenlab import attnstats
-from tokenlab.attnstats import attention_stats, chunked_attention_stats, collect_attention_stats, max_eager_error
+from tokenlab.lab.core import TokenlabError
+from tokenlab.models.tiny import TINY_TYPES, tiny_inputs, tiny_model
+from tokenlab.models.arch import Adapter
+from tokenlab.attention import stats as attnstats
+from tokenlab.attention.stats import (attention_stats, chunked_attention_stats, collect_attention_stats,
+                                      max_eager_error)
 
 torch.set_num_threads(1)
 
@@ -174,7 +176,7 @@ def test_chunked_kernel_equals_softmax(B, Hkv, g, Q, extra, window, softcap, chu
 
 
 def test_smollm2_sink_anchor():
-    from tokenlab.models import load_model, load_tokenizer
+    from tokenlab.models.loading import load_model, load_tokenizer
     try: m, tok = load_model(), load_tokenizer()
     except TokenlabError as e: pytest.skip(str(e))
     text = "The history of the city begins with a small settlement on the river, and traders arrived over the centuries."

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
-from tokenlab.core import TokenlabError
-from tokenlab.backcopy import BigramBackcopy, trigger_accuracy, relu_attention_forward, register_relu_attention, RELU_ATTENTION
-from tokenlab.zoo import tiny_llama
+from tokenlab.lab.core import TokenlabError
+from tokenlab.attention.backcopy import (BigramBackcopy, trigger_accuracy, relu_attention_forward,
+                                         register_relu_attention, RELU_ATTENTION)
+from tokenlab.models.trainer import tiny_llama
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -3,10 +3,10 @@ from __future__ import annotations
 import functools
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
-from tokenlab.core import TokenlabError
-from tokenlab.corpora import english_corpus
-from tokenlab.train import train_tokenizer, save_tokenizer
-from tokenlab.bpe import train_bpe, load_bpe, ResearchBPE, read_hf_bpe
+from tokenlab.lab.core import TokenlabError
+from tokenlab.lab.corpora import english_corpus
+from tokenlab.tokenizers.train import train_tokenizer, save_tokenizer
+from tokenlab.tokenizers.bpe import train_bpe, load_bpe, ResearchBPE, read_hf_bpe
 
 
 def _hf_merges(tok) -> list[tuple[bytes, bytes]]:

@@ -4,10 +4,10 @@ import functools, itertools
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from tokenlab.bytelevel import (MPETokenizer, kl, mpe_valid, naive_next_byte_probs, next_byte_probs, normalise,
-                                safe_boundary)
-from tokenlab.core import TokenlabError
-from tokenlab.tokenizers import load_tokenizer
+from tokenlab.tokenizers.bytelevel import (MPETokenizer, kl, mpe_valid, naive_next_byte_probs, next_byte_probs,
+                                           normalise, safe_boundary)
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.registry import load_tokenizer
 
 VOCABS = [["a", "b", "ab", "aab", "bb"], ["a", "b", "ba", "aa", "aaa", "bab"], ["a", "b", "c", "ab", "bc", "cab"]]
 

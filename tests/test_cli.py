@@ -4,12 +4,12 @@ import subprocess, sys, types
 from pathlib import Path
 import pytest
 import tokenlab
-from tokenlab.cli import main
+from tokenlab.lab.cli import main
 
 
 def _script():
     exe = Path(sys.executable).parent / "tokenlab"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from tokenlab.cli import main; sys.exit(main())"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from tokenlab.lab.cli import main; sys.exit(main())"]
 
 
 def test_console_script_one_line_error():
@@ -51,8 +51,8 @@ def fake_assets(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(fetch=lambda **kw: calls.append(("fetch", kw)) or [],
                                  write_assets_md=lambda: calls.append(("md", {})) or Path("data/ASSETS.md"))
-    monkeypatch.setitem(sys.modules, "tokenlab.assets", fake)
-    monkeypatch.setattr(tokenlab, "assets", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "tokenlab.lab.assets", fake)
+    monkeypatch.setattr(tokenlab.lab, "assets", fake, raising=False)
     return calls
 
 
@@ -66,11 +66,11 @@ def test_fetch_wiring(fake_assets):
 
 
 def test_fetch_error_is_one_line(monkeypatch, capsys):
-    from tokenlab.core import TokenlabError
+    from tokenlab.lab.core import TokenlabError
     def boom(**kw): raise TokenlabError("unknown asset 'x'; valid assets: udhr")
     fake = types.SimpleNamespace(fetch=boom)
-    monkeypatch.setitem(sys.modules, "tokenlab.assets", fake)
-    monkeypatch.setattr(tokenlab, "assets", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "tokenlab.lab.assets", fake)
+    monkeypatch.setattr(tokenlab.lab, "assets", fake, raising=False)
     assert main(["fetch", "--name", "x"]) == 2
     assert capsys.readouterr().err == "tokenlab: error: unknown asset 'x'; valid assets: udhr\n"
 

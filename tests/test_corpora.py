@@ -1,8 +1,8 @@
-"""tokenlab.corpora on the real fetched assets (run `tokenlab fetch --tier core` first)."""
+"""tokenlab.lab.corpora on the real fetched assets (run `tokenlab fetch --tier core` first)."""
 from __future__ import annotations
 import pytest
-from tokenlab.core import TokenlabError
-from tokenlab.corpora import UDHR_ENGLISH, english_corpus, udhr_articles, udhr_languages
+from tokenlab.lab.core import TokenlabError
+from tokenlab.lab.corpora import UDHR_ENGLISH, english_corpus, udhr_articles, udhr_languages
 
 
 def test_english_article_1():
@@ -44,7 +44,7 @@ def test_english_corpus():
 
 
 def test_udhr_sample_is_script_diverse_and_deterministic():
-    from tokenlab.corpora import udhr_sample, udhr_languages, UDHR_ENGLISH
+    from tokenlab.lab.corpora import udhr_sample, udhr_languages, UDHR_ENGLISH
     s = udhr_sample(12)
     others = s[s.code != UDHR_ENGLISH]
     assert len(s) == 12 and UDHR_ENGLISH in set(s.code) and others.script.nunique() == 11   # one per script besides English

@@ -4,10 +4,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from transformers import LlamaConfig, LlamaForCausalLM
-from tokenlab.core import TokenlabError
-from tokenlab.kvcache import (POLICIES, KVPolicy, PolicyCache, make_policy, stream_nll, attention_stats,
-                              separator_ids, _CALLBACKS)
-from tokenlab.zoo import tiny_llama, sequence_nll
+from tokenlab.lab.core import TokenlabError
+from tokenlab.attention.kvcache import (POLICIES, KVPolicy, PolicyCache, make_policy, stream_nll, attention_stats,
+                                        separator_ids, _CALLBACKS)
+from tokenlab.models.trainer import tiny_llama, sequence_nll
 
 torch.set_num_threads(1)
 SEP = [1, 2, 3, 4, 5]
@@ -177,7 +177,7 @@ def test_custom_policy_through_the_base_class(model, stream):
 
 
 def test_separator_ids_on_a_real_tokenizer():
-    from tokenlab.assets import smollm2_path
+    from tokenlab.lab.assets import smollm2_path
     try: path = smollm2_path()
     except Exception as e: pytest.skip(f"SmolLM2 not fetched: {e}")
     from tokenizers import Tokenizer
@@ -192,9 +192,9 @@ def test_kv_attention_stats_leaves_other_registrations_alone():
     # regression: kvcache once registered "tokenlab_stats_eager", overwriting attnstats' function of that name,
     # after which sinks.collect(attention="full") saw no layers
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from tokenlab import attnstats
-    from tokenlab.sinks import collect
-    from tokenlab.zoo import tiny_llama
+    from tokenlab.attention import stats as attnstats
+    from tokenlab.attention.sinks import collect
+    from tokenlab.models.trainer import tiny_llama
     m = tiny_llama(30, d_model=16, n_layers=2, n_heads=2, seed=0, attn="eager")
     ids = torch.arange(12)[None]
     with torch.no_grad(), attention_stats(m, lambda l, r: None): m(ids)

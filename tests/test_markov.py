@@ -4,8 +4,8 @@ import itertools, math
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
-from tokenlab.core import TokenlabError
-from tokenlab.markov import MarkovSource, switching_source, random_source
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.markov import MarkovSource, switching_source, random_source
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 sources = st.builds(lambda k, alphabet, conc, seed: random_source(k, alphabet, conc, seed),

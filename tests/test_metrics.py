@@ -2,10 +2,10 @@
 import math
 import pytest
 from hypothesis import given, settings, strategies as st
-from tokenlab.core import TokenlabError
-from tokenlab.metrics import tokenizer_metrics, renyi_efficiency, renyi_entropy, words
-from tokenlab.tokenizers import load_tokenizer
-from tokenlab.corpora import udhr_articles
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.metrics import tokenizer_metrics, renyi_efficiency, renyi_entropy, words
+from tokenlab.tokenizers.registry import load_tokenizer
+from tokenlab.lab.corpora import udhr_articles
 
 NAMES = ["gpt2", "mistral-v1", "llama3", "gguf:bert-bge", "utf8-bytes"]
 text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80)
@@ -65,7 +65,7 @@ def test_renyi_efficiency_agrees_with_the_reference_scorer(name, alpha):
 
 
 def test_language_metrics_on_udhr_match_the_pooled_and_per_language_counts():
-    from tokenlab.metrics import language_metrics
+    from tokenlab.tokenizers.metrics import language_metrics
     texts = {c: udhr_articles(c) for c in ("eng", "fra", "cmn_hans")}
     tok = load_tokenizer("gpt2")
     pooled, by = language_metrics(tok, texts, "eng")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from tokenlab.core import TokenlabError
-from tokenlab.microscope import STOPWORDS, deletion_nll, token_classes
-from tokenlab.zoo import sequence_nll, tiny_llama
+from tokenlab.lab.core import TokenlabError
+from tokenlab.attention.deletion import STOPWORDS, deletion_nll, token_classes
+from tokenlab.models.trainer import sequence_nll, tiny_llama
 
 torch.set_num_threads(1)
 MODEL = tiny_llama(30, d_model=32, n_layers=2, seed=1)

@@ -1,10 +1,11 @@
 """Data mixture inference: merge lists from ranks, replay, and recovery of a known mixture."""
 from __future__ import annotations
 import pytest
-from tokenlab.core import TokenlabError
-from tokenlab.mixture import default_categories, split_category, mixture_corpus, infer_mixture, merge_list, merges_from_ranks
-from tokenlab.train import train_tokenizer
-from tokenlab.tokenizers import load_tokenizer
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.mixture import (default_categories, split_category, mixture_corpus, infer_mixture,
+                                         merge_list, merges_from_ranks)
+from tokenlab.tokenizers.train import train_tokenizer
+from tokenlab.tokenizers.registry import load_tokenizer
 
 
 def test_merges_rebuilt_from_ranks_match_gpt2s_merges_txt():

@@ -1,9 +1,10 @@
 """The model adapter: every tiny architecture builds, runs, and its table entry resolves to modules of the right shapes."""
 from __future__ import annotations
 import pytest, torch
-from tokenlab.core import TokenlabError
-from tokenlab.models import (MODELS, TINY_TYPES, IMG, Adapter, check_adapter, load_model, model_spec, tiny_config,
-                             tiny_inputs, tiny_model)
+from tokenlab.lab.core import TokenlabError
+from tokenlab.models.arch import MODELS, Adapter, model_spec
+from tokenlab.models.tiny import TINY_TYPES, IMG, check_adapter, tiny_config, tiny_inputs, tiny_model
+from tokenlab.models.loading import load_model
 
 torch.set_num_threads(1)
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest
-from tokenlab import results, runner
-from tokenlab.core import repo_root, figures_dir
+from tokenlab.lab import results
+from tokenlab.lab import runner
+from tokenlab.lab.core import repo_root, figures_dir
 
 ROOT = repo_root(Path(__file__).parent)
 BIN = Path(sys.executable).parent
@@ -14,10 +15,12 @@ SMOKE_HANG_GUARD_S = 600   # per notebook: a hang guard, not a speed target (tim
 def test_exported_package_matches_notebooks(tmp_path):
     for name in ("nbs", "tokenlab"): shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "settings.ini", tmp_path / "settings.ini")
+    for stale in (tmp_path / "tokenlab").rglob("*.py"):       # a module whose notebook is gone must fail too
+        if stale.name != "__init__.py" or stale.parent != tmp_path / "tokenlab": stale.unlink()
     p = subprocess.run([str(BIN / "nbdev_export")], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    fresh = {f.name: f.read_text() for f in (tmp_path / "tokenlab").glob("*.py")}
-    have = {f.name: f.read_text() for f in (ROOT / "tokenlab").glob("*.py")}
+    fresh = {str(f.relative_to(tmp_path)): f.read_text() for f in (tmp_path / "tokenlab").rglob("*.py")}
+    have = {str(f.relative_to(ROOT)): f.read_text() for f in (ROOT / "tokenlab").rglob("*.py")}
     differ = sorted(n for n in fresh.keys() | have.keys() if fresh.get(n) != have.get(n))
     assert not differ, f"tokenlab/ is out of sync with nbs/ in: {', '.join(differ)}; run `make export` and commit"
 

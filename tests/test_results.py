@@ -1,4 +1,4 @@
-"""tokenlab.results: deterministic atomic outputs, the manifest, the report, and a run killed mid-write."""
+"""tokenlab.lab.results: deterministic atomic outputs, the manifest, the report, and a run killed mid-write."""
 from __future__ import annotations
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
@@ -6,8 +6,9 @@ import numpy as np, pandas as pd, pytest
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from tokenlab import results, runner
-from tokenlab.core import TokenlabError, figures_dir, sha256_file
+from tokenlab.lab import results
+from tokenlab.lab import runner
+from tokenlab.lab.core import TokenlabError, figures_dir, sha256_file
 
 
 def _fig():
@@ -27,7 +28,7 @@ def test_figures_are_deterministic_across_processes():
     results.init("t", "det", {}, 0)
     png = results.savefig(_fig(), "sq", "Squares.")
     code = ("import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt, numpy as np\n"
-            "from tokenlab import results\nresults.init('t', 'det2', {}, 0)\n"
+            "from tokenlab.lab import results\nresults.init('t', 'det2', {}, 0)\n"
             "fig, ax = plt.subplots(); ax.plot(np.arange(10), np.arange(10) ** 2, label='squares'); ax.legend(); "
             "ax.set_title('t')\nprint(results.savefig(fig, 'sq', 'Squares.'))")
     other = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
@@ -82,7 +83,7 @@ def test_manifest_entries_replaced_and_report():
 
 WRITER = """
 import sys
-from tokenlab import results as r
+from tokenlab.lab import results as r
 r._device = dict          # skip the torch import of the device probe: this test is about the lock
 i = int(sys.argv[1]); r.init(f"nb{i}", "par", {}, 0)
 for k in range(3): r.claim(f"c{i}_{k}", "s", k, "e", True, "src")
@@ -99,7 +100,7 @@ def test_parallel_writers_lose_nothing():
 
 KILLME = """
 import os, numpy as np, pandas as pd
-from tokenlab import results
+from tokenlab.lab import results
 results.init("killme", profile, {"rows": rows}, 0)
 if pidfile: open(pidfile, "w").write(str(os.getpid()))
 df = pd.DataFrame(np.random.rand(rows, 8), columns=list("abcdefgh"))
@@ -118,7 +119,7 @@ def test_killed_mid_write_leaves_previous_outputs_intact(experiments, tmp_path):
         return (out / "big.csv").read_bytes(), (out / "MANIFEST.json").read_bytes()
 
     before = first_run()
-    cli = "import sys; from tokenlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    cli = "import sys; from tokenlab.lab.cli import main; sys.exit(main(sys.argv[1:]))"
     for rows in (600_000, 1_500_000, 3_000_000):          # retry bigger if the write finished before the kill
         pidfile = tmp_path / f"kernel-{rows}.pid"
         proc = subprocess.Popen([sys.executable, "-c", cli, "run", "--profile", "smoke", "--dir", str(experiments.dir),

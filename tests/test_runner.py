@@ -1,10 +1,10 @@
-"""tokenlab.runner: profiles, parameter checks, kernel choice, failures, timeouts, parallel jobs, resume, sweeps."""
+"""tokenlab.lab.runner: profiles, parameter checks, kernel choice, failures, timeouts, parallel jobs, resume, sweeps."""
 from __future__ import annotations
 import json, os, sys, time
 from pathlib import Path
 import pytest
-from tokenlab import runner
-from tokenlab.core import TokenlabError
+from tokenlab.lab import runner
+from tokenlab.lab.core import TokenlabError
 
 PROBE = """
 import json, os, sys, time
@@ -166,7 +166,7 @@ def test_resume_reruns_when_an_output_is_gone(experiments, tmp_path, monkeypatch
     figs = tmp_path / "figs"
     monkeypatch.setenv("TOKENLAB_FIGURES", str(figs))
     experiments.add("t1", "profile = 'smoke'",
-                    "import pandas as pd\nfrom tokenlab import results\nresults.init('t1', profile, {}, 0)\n"
+                    "import pandas as pd\nfrom tokenlab.lab import results\nresults.init('t1', profile, {}, 0)\n"
                     "results.save_table(pd.DataFrame({'a': [1, 2]}), 't1_table', 'a table')")
     assert _run(experiments, tmp_path, ["t1"], "smoke")[0]["status"] == "ok"
     assert _run(experiments, tmp_path, ["t1"], "smoke", resume=True)[0]["status"] == "skipped"

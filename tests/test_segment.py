@@ -4,10 +4,10 @@ import functools, itertools
 import pytest
 import regex
 from hypothesis import given, settings, strategies as st, HealthCheck
-from tokenlab.core import TokenlabError
-from tokenlab.corpora import udhr_articles, english_corpus
-from tokenlab.tokenizers import load_tokenizer
-from tokenlab.segment import BPEVocab, Segmenter, METHODS, bpe_vocab, segmenters
+from tokenlab.lab.core import TokenlabError
+from tokenlab.lab.corpora import udhr_articles, english_corpus
+from tokenlab.tokenizers.registry import load_tokenizer
+from tokenlab.tokenizers.segment import BPEVocab, Segmenter, METHODS, bpe_vocab, segmenters
 
 REAL = ["gpt2", "cl100k_base", "o200k_base", "llama3"]
 

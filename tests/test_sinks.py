@@ -3,12 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
-from tokenlab.core import TokenlabError
-from tokenlab import sinks
-from tokenlab.sinks import (SINK_METRICS, sink_metric, sink_scores, sink_rate, first_token_share, value_drain, residual_peak,
-                            massive_activations, sink_token_similarity, head_activity, dormant_by_domain, logit_lens_ranks,
-                            linearity, token_nonlinearity, layer_linearity, collect, record, record_llama)
-from tokenlab.zoo import tiny_llama
+from tokenlab.lab.core import TokenlabError
+from tokenlab.attention import sinks
+from tokenlab.attention.sinks import (SINK_METRICS, sink_metric, sink_scores, sink_rate, first_token_share,
+                                      value_drain, residual_peak, massive_activations, sink_token_similarity,
+                                      head_activity, dormant_by_domain, logit_lens_ranks, linearity,
+                                      token_nonlinearity, layer_linearity, collect, record, record_llama)
+from tokenlab.models.trainer import tiny_llama
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -218,8 +219,8 @@ def test_linearity_refuses_too_few_tokens():
 
 def test_collect_keeps_a_custom_attention_function():
     # a ReLU-attention model must be measured as it runs, not silently under softmax
-    from tokenlab.backcopy import RELU_ATTENTION, register_relu_attention
-    from tokenlab.zoo import tiny_llama
+    from tokenlab.attention.backcopy import RELU_ATTENTION, register_relu_attention
+    from tokenlab.models.trainer import tiny_llama
     register_relu_attention()
     m = tiny_llama(20, d_model=32, n_layers=2, n_heads=2, seed=0)
     m.set_attn_implementation(RELU_ATTENTION)

@@ -3,10 +3,11 @@ round trips over arbitrary Unicode (exceptions and weaker properties: tests/QUAR
 import unicodedata
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from tokenlab.assets import is_fetched
-from tokenlab.core import TokenlabError
-from tokenlab.tokenizers import (TOKENIZERS, UTF8_BYTES, list_tokenizers, load_hub_tokenizer, load_tokenizer,
-                                 tokenizer_table)
+from tokenlab.lab.assets import is_fetched
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.registry import (TOKENIZERS, list_tokenizers, load_hub_tokenizer, load_tokenizer,
+                                          tokenizer_table)
+from tokenlab.tokenizers.backends import UTF8_BYTES
 
 def _need(name: str):
     "Skip (listed in QUARANTINES.md) when the tokenizer's asset is not fetched."
@@ -63,7 +64,7 @@ SAMPLES = ["Hello world", " leading space", "  two  spaces  ", "Ünïcödé faç
 @pytest.mark.parametrize("name", sorted(HF_FILES))
 def test_hf_tokenizers_agree_with_transformers(name):
     from transformers import PreTrainedTokenizerFast
-    from tokenlab.assets import asset_path
+    from tokenlab.lab.assets import asset_path
     tok = tok_(name)
     asset, rel = HF_FILES[name]
     ref = PreTrainedTokenizerFast(tokenizer_file=str(asset_path(asset, *rel.split("/"))))

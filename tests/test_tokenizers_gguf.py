@@ -1,9 +1,9 @@
 """llama.cpp's own reference encodings (models/ggml-vocab-*.gguf.inp/.out) against our GGUF -> tokenizers conversion."""
 import pytest
-from tokenlab.assets import is_fetched
-from tokenlab.core import TokenlabError
-from tokenlab.gguf_convert import gguf_to_hf, read_gguf_metadata, read_golden
-from tokenlab.tokenizers import GGUF_VOCABS, gguf_vocab_path
+from tokenlab.lab.assets import is_fetched
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.gguf import gguf_to_hf, read_gguf_metadata, read_golden
+from tokenlab.tokenizers.registry import GGUF_VOCABS, gguf_vocab_path
 
 pytestmark = pytest.mark.skipif(not is_fetched("llama-cpp-vocabs"), reason="asset 'llama-cpp-vocabs' not fetched; run: tokenlab fetch")
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import functools
 import pytest
 from hypothesis import given, settings, strategies as st
-from tokenlab.core import TokenlabError
-from tokenlab.corpora import english_corpus, udhr_articles
-from tokenlab.tokenizers import load_tokenizer
-from tokenlab.train import train_tokenizer, save_tokenizer, KINDS
+from tokenlab.lab.core import TokenlabError
+from tokenlab.lab.corpora import english_corpus, udhr_articles
+from tokenlab.tokenizers.registry import load_tokenizer
+from tokenlab.tokenizers.train import train_tokenizer, save_tokenizer, KINDS
 
 MIX = [t for c in ("eng", "fra", "rus", "arb", "hin", "cmn_hans") for t in udhr_articles(c).values()]
 

@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from tokenlab.core import TokenlabError
-from tokenlab.tokenizers import HFTokenizer, load_tokenizer
-from tokenlab.undertrained import (CATEGORIES, auc, candidates, reference_ids, tokenizer_indicators, verify_tokens,
-                                   weight_indicators)
-from tokenlab.zoo import tiny_llama
+from tokenlab.lab.core import TokenlabError
+from tokenlab.tokenizers.backends import HFTokenizer
+from tokenlab.tokenizers.registry import load_tokenizer
+from tokenlab.tokenizers.undertrained import (CATEGORIES, auc, candidates, reference_ids, tokenizer_indicators,
+                                              verify_tokens, weight_indicators)
+from tokenlab.models.trainer import tiny_llama
 
 
 def test_bytes_tokenizer_categories():
@@ -28,7 +29,7 @@ def test_tiktoken_specials_and_holes():
 @functools.cache
 def _smol():
     from transformers import AutoModelForCausalLM
-    from tokenlab.assets import smollm2_path
+    from tokenlab.lab.assets import smollm2_path
     tok = HFTokenizer.from_file("smollm2", smollm2_path() / "tokenizer.json")
     return tok, AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval(), tokenizer_indicators(tok)
 
