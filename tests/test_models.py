@@ -41,7 +41,8 @@ def test_distinctive_features_switched_on():
 
 def test_errors_are_one_line():
     with pytest.raises(TokenlabError, match="unknown architecture 'bert'.*gpt2"): model_spec("bert")
-    with pytest.raises(TokenlabError, match="unknown tiny architecture"): tiny_config("bert")
+    with pytest.raises(TokenlabError, match="unknown model type 'no-such-model'"): tiny_config("no-such-model")
+    assert tiny_config("bert").hidden_size == 32                       # any type gets a generic tiny config
     ad = Adapter(tiny_model("gpt2"))
     with pytest.raises(TokenlabError, match=r"layer 5 out of range; gpt2 model has 2 layers \(0..1\)"): ad.mlp(5)
     with pytest.raises(TokenlabError, match="head -1 out of range"): ad.head_index(-1)
@@ -68,3 +69,30 @@ def test_smollm2_loads_with_sdpa_and_safetensors():
     ad = Adapter(m)
     assert (ad.n_layers, ad.n_heads, ad.n_kv_heads, ad.head_dim) == (30, 9, 3, 64)
     assert m.config._attn_implementation == "sdpa" and not m.training
+
+
+def test_every_layer_is_checked():
+    "A table type whose layer 1 differs (hybrid layer, MQA projection, cross-attention) is refused naming the layer."
+    m = tiny_model("llama")
+    m.model.layers[1].self_attn.k_proj = torch.nn.Linear(32, 8, bias=False)
+    with pytest.raises(TokenlabError, match=r"in layer 1: q/k/v/o widths \(32, 8, 16, 32, 32\) do not fit"): Adapter(m)
+    m = tiny_model("llama")
+    m.model.layers[1].self_attn = torch.nn.Identity()
+    with pytest.raises(TokenlabError, match="in layer 1: .*q_proj"): Adapter(m)
+    m = tiny_model("llama")
+    m.model.layers[0].cross_attn = torch.nn.Linear(2, 2)
+    with pytest.raises(TokenlabError, match="in layer 0: it has cross-attention"): Adapter(m)
+    m = tiny_model("qwen2_vl")
+    del m.model.visual
+    with pytest.raises(TokenlabError, match="does not match the 'qwen2_vl' table entry: .*visual"): Adapter(m)
+
+
+def test_refusals_say_why():
+    from tokenlab.models.arch import REFUSED
+    cases = {"mamba": "no softmax self-attention module", "opt": "its MLP is not one module", "marian": "cross-attention",
+             "minicpm3": "latent attention", "olmo_hybrid": "decoder layers of different kinds", "bert": "an encoder",
+             "gpt_oss": REFUSED["gpt_oss"], "kimi_linear": "linear attention"}
+    for mt, why in cases.items():
+        m = tiny_model(mt, device="meta")
+        with pytest.raises(TokenlabError) as e: Adapter(m)
+        assert why in str(e.value) and "\n" not in str(e.value), (mt, str(e.value))

@@ -252,14 +252,13 @@ def llama_parts(model) -> tuple:
     ad = _adapter(model)
     return ad.layers, ad.final_norm, ad.unembed
 
-_PER_HEAD_QKV = {"query_key_value"}          # fused projections laid out [q | k | v] inside each head (GPT-NeoX)
 
 def value_heads(ad: Adapter, v_out: torch.Tensor) -> torch.Tensor:
     "Value vectors `(B, T, H_kv, hd)` from the output of the adapter's v projection (the fused qkv output where fused)."
     B, T, _ = v_out.shape
     H, Hkv, hd = ad.n_heads, ad.n_kv_heads, ad.head_dim
     if not ad.qkv_fused: return v_out.reshape(B, T, Hkv, hd)
-    if ad.text_spec.v in _PER_HEAD_QKV: return v_out.reshape(B, T, H, 3 * hd)[..., 2 * hd:]
+    if ad.qkv_layout == "fused_per_head": return v_out.reshape(B, T, H, 3 * hd)[..., 2 * hd:]
     return v_out[..., (H + Hkv) * hd:].reshape(B, T, Hkv, hd)          # GPT-2 c_attn, Phi-3 qkv_proj
 
 def o_weight(o) -> torch.Tensor:
@@ -277,18 +276,12 @@ def head_out_norms(x: torch.Tensor, o, n_heads: int) -> torch.Tensor:
     sq = torch.einsum("bthk,hkl,bthl->bht", xh, G, xh)
     return sq.clamp_min(0).sqrt()
 
-def _residual_parts(layer):
-    "(module whose output is the attention's residual delta or None for the attention module, the same for the MLP)."
-    if hasattr(layer, "post_feedforward_layernorm"):                       # Gemma 2/3, OLMo 2: norm before the residual add
-        return getattr(layer, "post_attention_layernorm", None), layer.post_feedforward_layernorm
-    return None, None
-
 @contextlib.contextmanager
 def record(model):
     "Hook every decoder layer through the adapter (residual stream, values, o-projection input, attention and MLP deltas); yield a dict; hooks removed on exit."
     ad = _adapter(model)
     L, H = ad.n_layers, ad.n_heads
-    mult = float(getattr(ad.config, "residual_multiplier", 1.0) or 1.0)
+    mult = ad.residual_multiplier
     rec = {k: [None] * L for k in ("resid", "v_norm", "head_out_norm", "mlp_out", "attn_out")}
     rec["embed"] = None
     handles = []
@@ -308,8 +301,8 @@ def record(model):
     parts = []
     for i in range(L):                                    # every layer (the adapter checks layer 0 only)
         try:
-            layer = ad.layer(i); post_attn, post_mlp = _residual_parts(layer)
-            parts.append((layer, ad.v_proj(i), ad.o_proj(i), post_attn or ad.attn(i), post_mlp or ad.mlp(i)))
+            layer = ad.layer(i)
+            parts.append((layer, ad.v_proj(i), ad.o_proj(i), ad.attn_delta(i), ad.mlp_delta(i)))
         except AttributeError as e:
             raise TokenlabError(f"{type(model).__name__} does not match the {ad.model_type!r} table entry in layer {i}: {e}") from None
     try:
