@@ -2,6 +2,8 @@
 type either passes the invariants the analyses rely on, or the adapter refuses it in one TokenlabError line. Never a
 traceback, never a wrong number. Types whose tiny config cannot be built are skipped with the reason (QUARANTINES.md)."""
 from __future__ import annotations
+import dataclasses
+import dataclasses
 import pytest, torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -96,6 +98,37 @@ def test_right_or_refused(mt):
         assert "\n" not in str(e2.value)
         return
     check_invariants(mt, m, ad, tiny_inputs(m, n_text=20, batch=2, seed=4))
+
+
+_TEXT_OF: dict = {}
+
+def _text_types_of_walked_vlms() -> dict:
+    "model_type of the language model inside each walked VLM of the table -> the VLM type (meta-device builds)."
+    if not _TEXT_OF:
+        for mt in walk_types():
+            if mt in MODELS and MODELS[mt].is_vlm:
+                _TEXT_OF.setdefault(tiny_model(mt, device="meta").config.get_text_config().model_type, mt)
+    return _TEXT_OF
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_table_entry_is_walked(name):
+    "The architecture registry's parametrised test: each row is a walked type or the language model of a walked VLM."
+    assert name in walk_types() or name in _text_types_of_walked_vlms(), f"{name} is in the table but no walk reaches it"
+
+
+@pytest.mark.parametrize("name", REFUSED.names())
+def test_every_refusal_is_measured(name, monkeypatch):
+    "Each REFUSED reason is what the adapter says, and with the row the type would have, an invariant really fails."
+    m = tiny_model(name, seed=3)
+    with pytest.raises(TokenlabError) as e: Adapter(m)
+    assert REFUSED[name] in str(e.value) and "\n" not in str(e.value)
+    entry = REFUSED.entry(name)
+    monkeypatch.delitem(REFUSED._entries, name)
+    monkeypatch.setitem(MODELS._entries, name, dataclasses.replace(entry, obj=entry.extra["layout"]))
+    ad = Adapter(m)                                           # the structure alone would pass ...
+    with pytest.raises((AssertionError, TokenlabError)):      # ... but the numbers would be wrong (or unobservable)
+        check_invariants(name, m, ad, tiny_inputs(m, n_text=20, batch=2, seed=4))
 
 
 def test_goal_at_least_40_types_supported():
