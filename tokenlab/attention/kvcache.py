@@ -4,34 +4,37 @@
 
 # %% ../../nbs/attention/02_kvcache.ipynb #9158b7df
 from __future__ import annotations
-import contextlib, sys
+import contextlib
 from typing import Callable
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from ..lab.core import TokenlabError, check_choice
+from ..lab.core import TokenlabError
+from ..lab.registry import Registry
+from ..models.hooks import AttentionCall, observe
 
 # %% auto #0
-__all__ = ['POLICIES', 'N_SINK', 'MIN_BUDGET', 'SEPARATOR_CHARS', 'register_policy', 'KVPolicy', 'FullPolicy', 'WindowPolicy',
-           'SinkPolicy', 'SepLLMPolicy', 'H2OPolicy', 'make_policy', 'separator_ids', 'EvictingLayer', 'PolicyCache',
-           'received_attention', 'attention_stats', 'stream_nll']
+__all__ = ['N_SINK', 'MIN_BUDGET', 'POLICIES', 'SEPARATOR_CHARS', 'register_policy', 'KVPolicy', 'FullPolicy', 'WindowPolicy',
+           'SinkPolicy', 'SepLLMPolicy', 'H2OPolicy', 'make_policy', 'separator_ids', 'EvictingLayer',
+           'sliding_windows', 'PolicyCache', 'received_attention', 'received_attention_hook', 'stream_nll']
 
 # %% ../../nbs/attention/02_kvcache.ipynb #290cb7f7
-POLICIES: dict[str, type] = {}
 N_SINK = 4            # initial tokens kept by StreamingLLM and SepLLM
 MIN_BUDGET = N_SINK + 1
+POLICIES = Registry("KV policy name", "KV-cache eviction policies at an equal budget; each entry is a `KVPolicy` subclass")
 
 def register_policy(cls):
-    "Class decorator: add a `KVPolicy` subclass to `POLICIES` under its `name`."
-    POLICIES[cls.name] = cls
-    return cls
+    "Class decorator: add a `KVPolicy` subclass to `POLICIES` under its `name`, with its `paper` and `example` keyword arguments."
+    return POLICIES.register(cls.name, paper=cls.paper, example=dict(cls.example))(cls)
 
+# %% ../../nbs/attention/02_kvcache.ipynb #086b5ba7
 def _last(n: int, S: int, device) -> torch.Tensor:
     "Bool mask `(S,)` of the last `n` entries."
     m = torch.zeros(S, dtype=torch.bool, device=device)
     if n > 0: m[max(0, S - n):] = True
     return m
 
+# %% ../../nbs/attention/02_kvcache.ipynb #74cc8c7b
 class KVPolicy:
     """Which cached entries a layer keeps, at most `budget` of them.
 
@@ -41,6 +44,8 @@ class KVPolicy:
     `keep_mask(pos, ids, scores)` on one head: `(S,)` -> bool `(S,)`."""
     name: str = ""
     needs_scores: bool = False
+    paper: str | None = None
+    example: dict = {}            # keyword arguments that make a working instance on any tiny model (for the tests)
     def __init__(self, budget: int | None): self.budget = budget
     def select(self, pos: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
         keep = self.keep_mask(pos[0], ids[0], None)
@@ -48,30 +53,38 @@ class KVPolicy:
     def keep_mask(self, pos: torch.Tensor, ids: torch.Tensor, scores) -> torch.Tensor: raise NotImplementedError
     def __repr__(self): return f"{type(self).__name__}(budget={self.budget})"
 
+# %% ../../nbs/attention/02_kvcache.ipynb #2bb48245
 @register_policy
 class FullPolicy(KVPolicy):
     "Full attention: keeps every entry; the budget is ignored."
     name = "full"
     def keep_mask(self, pos, ids, scores): return torch.ones_like(pos, dtype=torch.bool)
 
+# %% ../../nbs/attention/02_kvcache.ipynb #e2a9f43c
 @register_policy
 class WindowPolicy(KVPolicy):
     "Sliding window: the `budget` most recent entries (the window baseline of Xiao et al., ICLR 2024)."
     name = "window"
+    paper = "Xiao et al., ICLR 2024 (the window baseline of StreamingLLM)"
     def keep_mask(self, pos, ids, scores): return _last(self.budget, len(pos), pos.device)
 
+# %% ../../nbs/attention/02_kvcache.ipynb #32fb4fa3
 @register_policy
 class SinkPolicy(KVPolicy):
     "StreamingLLM (Xiao et al., ICLR 2024): the first 4 positions (attention sinks) + the `budget - 4` most recent."
     name = "sink"
+    paper = "Xiao et al., ICLR 2024 (StreamingLLM)"
     def keep_mask(self, pos, ids, scores): return (pos < N_SINK) | _last(self.budget - N_SINK, len(pos), pos.device)
 
+# %% ../../nbs/attention/02_kvcache.ipynb #2b155c46
 @register_policy
 class SepLLMPolicy(KVPolicy):
     """SepLLM (Chen et al., ICML 2025): the first 4 positions + a FIFO pool of the `n_sep` newest separator tokens
     that left the recent window + the `budget - 4 - n_sep` most recent. `separators`: token ids (`separator_ids`);
     `n_sep` defaults to `budget // 16` (official streaming example: 4 / 64 of 1024)."""
     name = "sepllm"
+    paper = "Chen et al., ICML 2025 (SepLLM)"
+    example = {"separators": [1, 2, 3, 4, 5]}
     def __init__(self, budget: int, separators=None, n_sep: int | None = None):
         super().__init__(budget)
         if separators is None or len(separators) == 0:
@@ -86,12 +99,14 @@ class SepLLMPolicy(KVPolicy):
         pool = sep & (sep.flip(0).cumsum(0).flip(0) <= self.n_sep)        # the n_sep newest of them
         return initial | recent | pool
 
+# %% ../../nbs/attention/02_kvcache.ipynb #37a58aef
 @register_policy
 class H2OPolicy(KVPolicy):
     """H2O (Zhang et al., NeurIPS 2023): per key/value head, the `budget - budget // 2` most recent entries + the
     `budget // 2` older ones with the largest accumulated attention received (`scores` `(H, S)`: softmax
     probabilities summed over every query so far and over the query heads that share the key/value head)."""
     name = "h2o"
+    paper = "Zhang et al., NeurIPS 2023 (H2O)"
     needs_scores = True
     def select(self, pos, ids, scores):
         H, S = pos.shape
@@ -100,13 +115,14 @@ class H2OPolicy(KVPolicy):
         heavy = scores[:, :S - n_recent].topk(n_heavy, dim=1).indices.sort(dim=1).values
         return torch.cat([heavy, torch.arange(S - n_recent, S, device=pos.device).expand(H, -1)], 1)
 
+# %% ../../nbs/attention/02_kvcache.ipynb #4493cce4
 def make_policy(name: str, budget: int | None, **kwargs) -> KVPolicy:
     "The policy `name` of `POLICIES` with `budget` checked (an integer >= 5; `None` allowed for `full`)."
-    check_choice("KV policy name", name, POLICIES)
+    cls = POLICIES[name]
     if not (budget is None and name == "full"):
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < MIN_BUDGET:
             raise TokenlabError(f"budget must be an integer >= {MIN_BUDGET} ({N_SINK} sink tokens + 1 recent), got {budget!r}")
-    return POLICIES[name](budget, **kwargs)
+    return cls(budget, **kwargs)
 
 # %% ../../nbs/attention/02_kvcache.ipynb #037da6c3
 SEPARATOR_CHARS = ".,?!;:\n\t "
@@ -121,7 +137,7 @@ def separator_ids(tokenizer, chars: str = SEPARATOR_CHARS) -> list[int]:
         if s and set(s) <= allowed: out.append(i)
     return out
 
-# %% ../../nbs/attention/02_kvcache.ipynb #b7aab9be
+# %% ../../nbs/attention/02_kvcache.ipynb #339b9850
 class EvictingLayer(DynamicLayer):
     "A `DynamicLayer` that also records, per entry, the original position, token id and attention score `(H, S)`."
     def __init__(self, cache: "PolicyCache"):
@@ -151,13 +167,33 @@ class EvictingLayer(DynamicLayer):
         self.keys, self.values = self.keys.gather(2, gi), self.values.gather(2, gi)
         self.pos, self.ids, self.scores = self.pos.gather(1, idx), self.ids.gather(1, idx), self.scores.gather(1, idx)
 
+# %% ../../nbs/attention/02_kvcache.ipynb #971e6aee
+def sliding_windows(model) -> list[int | None]:
+    "The sliding window of each decoder layer of `model`'s language model (None: full attention), from its config."
+    cfg = model.config.get_text_config(decoder=True)
+    w, types = getattr(cfg, "sliding_window", None), getattr(cfg, "layer_types", None)
+    if types is not None:
+        unknown = sorted(set(types) - {"full_attention", "sliding_attention"})
+        if unknown: raise TokenlabError(f"layer types {unknown} are not supported by the KV policies; supported: full_attention, sliding_attention")
+        return [w if t == "sliding_attention" else None for t in types]
+    if w is None or getattr(cfg, "use_sliding_window", True) is False: return [None] * cfg.num_hidden_layers
+    return [w] * cfg.num_hidden_layers
+
+# %% ../../nbs/attention/02_kvcache.ipynb #6a1b63e1
+def _additive(vis: torch.Tensor, dtype) -> torch.Tensor:
+    "Additive float mask `(1, 1, q, n)` from a visibility matrix `(q, n)` (True = attend)."
+    return torch.zeros(vis.shape, dtype=dtype, device=vis.device).masked_fill(~vis, torch.finfo(dtype).min)[None, None]
+
+# %% ../../nbs/attention/02_kvcache.ipynb #b7aab9be
 class PolicyCache(DynamicCache):
     """A `DynamicCache` whose layers evict with a `KVPolicy` between forward calls. Per forward:
     `mask = cache.prepare(ids, positions)`, `model(..., attention_mask=mask, past_key_values=cache)`, `cache.trim()`."""
-    def __init__(self, policy: KVPolicy, n_layers: int):
+    def __init__(self, policy: KVPolicy, n_layers: int, windows: list[int | None] | None = None):
         super().__init__()
         self.policy, self.budget = policy, (None if policy.name == "full" else policy.budget)
         self.layers = [EvictingLayer(self) for _ in range(n_layers)]
+        self.windows = [None] * n_layers if windows is None else list(windows)      # sliding window per layer, `sliding_windows`
+        if len(self.windows) != n_layers: raise TokenlabError(f"{len(self.windows)} sliding windows given for {n_layers} layers")
         self.layer_class_to_replicate = None
         self.pending_pos = self.pending_ids = None
 
@@ -166,13 +202,14 @@ class PolicyCache(DynamicCache):
         return self.layers[layer].pos
 
     def add_scores(self, layer: int, received: torch.Tensor):
-        "Add the attention received `(H, S)` to the scores of `layer`'s entries (the `attention_stats` callback)."
+        "Add the attention received `(H, S)` to the scores of `layer`'s entries (the `received_attention_hook` callback)."
         self.layers[layer].scores += received.float()
 
-    def prepare(self, ids: torch.Tensor, positions: torch.Tensor, dtype=torch.float32) -> torch.Tensor | None:
+    def prepare(self, ids: torch.Tensor, positions: torch.Tensor, dtype=torch.float32) -> torch.Tensor | dict | None:
         """Before a forward over `ids` `(q,)` at original `positions` `(q,)`: evict what none of them will see;
-        return None (plain causal attention) or an additive mask `(1, 1, q, S)` giving each query exactly the
-        entries it would see if the tokens came one at a time."""
+        return None (plain causal attention), an additive mask `(1, 1, q, S)`, or with sliding-window layers one per
+        layer type (`{"full_attention": ..., "sliding_attention": ...}`), giving each query exactly the entries it
+        would see if the tokens came one at a time, within its layer's window over original positions."""
         ids, positions = ids.reshape(-1), positions.reshape(-1)
         self.pending_ids, self.pending_pos = ids[None], positions[None]
         q, B, pol, S = len(ids), self.budget, self.policy, len(self.layers[0])
@@ -187,6 +224,7 @@ class PolicyCache(DynamicCache):
                                  torch.cat([L.scores, L.scores.new_zeros(H, 1)], 1))
                 if not bool((idx[:, -1] == S).all()): raise TokenlabError(f"policy {pol.name!r} evicted the incoming token")
                 L.keep(idx[:, :-1])
+            self._check_slot_windows(positions)
             return None
         L0 = self.layers[0]                                                # same entries in every layer and head
         dev = positions.device if L0.pos is None else L0.pos.device
@@ -200,9 +238,29 @@ class PolicyCache(DynamicCache):
             idx = cols[:S].nonzero().squeeze(1)
             for L in self.layers: L.keep(idx.to(L.pos.device).expand(L.pos.shape[0], -1))
         vis = vis[:, cols]
+        if any(w is not None for w in self.windows): return self._window_masks(vis, pos[cols], positions.to(dev), dtype)
         n = vis.shape[1]
         if torch.equal(vis, torch.ones(q, n, dtype=torch.bool, device=dev).tril(n - q)): return None
-        return torch.zeros(vis.shape, dtype=dtype, device=dev).masked_fill(~vis, torch.finfo(dtype).min)[None, None]
+        return _additive(vis, dtype)
+
+    def _window_masks(self, vis: torch.Tensor, kpos: torch.Tensor, qpos: torch.Tensor, dtype) -> torch.Tensor | dict:
+        "The policy's visibility `vis` `(q, n)` cut, per layer type, to the layer's window over original positions."
+        masks = {w: _additive(vis if w is None else vis & (qpos[:, None] - kpos[None, :] < w), dtype) for w in dict.fromkeys(self.windows)}
+        if len(masks) == 1: return next(iter(masks.values()))
+        slid = [w for w in masks if w is not None]
+        if None not in masks or len(slid) > 1:
+            raise TokenlabError(f"layers with different sliding windows {slid}: one mask per layer type (full, sliding) cannot express them")
+        return {"full_attention": masks[None], "sliding_attention": masks[slid[0]]}
+
+    def _check_slot_windows(self, positions: torch.Tensor):
+        """With a policy that evicts per head (no chunk mask), transformers' sliding mask keeps the last W - 1 cache
+        slots: exact only while those are the entries less than W positions back."""
+        t = int(positions.max())
+        for l, (L, w) in enumerate(zip(self.layers, self.windows)):
+            if w is None or L.pos is None: continue
+            if not bool(((L.pos > t - w).sum(-1) == min(w - 1, L.pos.shape[1])).all()):
+                raise TokenlabError(f"policy {self.policy.name!r} keeps older entries than the sliding window of layer {l} ({w}) lets it see, "
+                                    "and transformers' sliding mask counts cache slots, not positions: give it a larger recent part")
 
     def trim(self):
         "After a forward: evict down to the policy's set (a no-op for `h2o` and `full`, which never exceed the budget)."
@@ -211,10 +269,7 @@ class PolicyCache(DynamicCache):
             if len(L) > self.budget or (len(L) and not self.policy.needs_scores):
                 L.keep(self.policy.select(L.pos, L.ids, L.scores if self.policy.needs_scores else None))
 
-# %% ../../nbs/attention/02_kvcache.ipynb #28310bff
-_STATS_PREFIX = "tokenlab_kv_received_"
-_CALLBACKS: dict[int, Callable] = {}      # id(attention module) -> callback, while a context is active
-
+# %% ../../nbs/attention/02_kvcache.ipynb #a581ebf4
 def received_attention(query, key, attention_mask, scaling: float) -> torch.Tensor:
     """Attention received by each key, summed over the queries and over the query heads of each key/value head.
     query `(1, Hq, q, D)`; key `(1, Hkv, S, D)`; attention_mask: None (causal: the queries are the last q keys),
@@ -228,46 +283,15 @@ def received_attention(query, key, attention_mask, scaling: float) -> torch.Tens
     else: logits = logits + attention_mask[..., :S].float()
     return logits.softmax(-1).sum(2)[0].view(Hkv, Hq // Hkv, S).sum(1)
 
-def _inner_attention(module, inner: str):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    if inner in ALL_ATTENTION_FUNCTIONS: return ALL_ATTENTION_FUNCTIONS[inner]
-    return getattr(sys.modules[type(module).__module__], "eager_attention_forward")   # eager lives in the model's module
-
-def _stats_attention(module, query, key, value, attention_mask, **kwargs):
-    inner = module.config._attn_implementation[len(_STATS_PREFIX):]
-    out = _inner_attention(module, inner)(module, query, key, value, attention_mask, **kwargs)
-    cb = _CALLBACKS.get(id(module))
-    if cb is not None:
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        cb(module.layer_idx, received_attention(query, key, attention_mask, scaling))
-    return out
-
-def _register_stats(inner: str) -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, ALL_MASK_ATTENTION_FUNCTIONS
-    name = _STATS_PREFIX + inner
-    AttentionInterface.register(name, _stats_attention)
-    if inner in ALL_MASK_ATTENTION_FUNCTIONS: AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
-    return name
-
+# %% ../../nbs/attention/02_kvcache.ipynb #28310bff
 @contextlib.contextmanager
-def attention_stats(model, callback: Callable):
-    """Inside the context, every attention call of `model` also reports `callback(layer_idx, received (Hkv, S))`
-    (attention received by each cached key, see `received_attention`); the attention implementation is restored
-    on exit."""
-    inner = model.config._attn_implementation
-    if inner.startswith(_STATS_PREFIX): raise TokenlabError("attention_stats is already active on this model")
-    name = _register_stats(inner)
-    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config")]
-    model.set_attn_implementation(name)
-    try:
-        if model.config._attn_implementation != name:
-            raise TokenlabError(f"{type(model).__name__} cannot switch its attention implementation; attention statistics need it")
-        for m in mods: _CALLBACKS[id(m)] = callback
-        yield model
-    finally:
-        for m in mods: _CALLBACKS.pop(id(m), None)
-        if model.config._attn_implementation != inner: model.set_attn_implementation(inner)
+def received_attention_hook(model, callback: Callable):
+    """Inside the context, every attention call of `model` also reports `callback(layer, received (Hkv, S))`
+    (attention received by each cached key, see `received_attention`); nothing is left on the model on exit."""
+    def observer(call: AttentionCall):
+        scaling = call.kwargs.get("scaling") or call.query.shape[-1] ** -0.5
+        callback(call.layer, received_attention(call.query, call.key, call.attention_mask, scaling))
+    with observe(model, observer): yield model
 
 # %% ../../nbs/attention/02_kvcache.ipynb #838f47c7
 @torch.no_grad()
@@ -292,11 +316,11 @@ def stream_nll(model, ids, policy: str | KVPolicy, budget: int | None = None, ch
         raise TokenlabError(f"a stream of {T} tokens is longer than the model's context ({ctx}); positions are kept, not re-numbered")
     dev = next(model.parameters()).device
     ids = ids.long().to(dev)
-    cache = PolicyCache(pol, model.config.get_text_config(decoder=True).num_hidden_layers)
+    cache = PolicyCache(pol, model.config.get_text_config(decoder=True).num_hidden_layers, sliding_windows(model))
     first = min(T, pol.budget or T) if prefill else min(T, chunk)
     bounds = [0, *range(first, T, chunk), T]
     nll = torch.empty(T - 1, dtype=torch.float32)
-    stats = attention_stats(model, cache.add_scores) if pol.needs_scores else contextlib.nullcontext()
+    stats = received_attention_hook(model, cache.add_scores) if pol.needs_scores else contextlib.nullcontext()
     was_training = model.training; model.eval()
     try:
         with stats:
