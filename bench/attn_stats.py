@@ -62,6 +62,7 @@ def worker(method: str, n: int, shape: str) -> dict:
     import torch
     torch.set_num_threads(THREADS)
     from tokenlab.attention.stats import attention_stats
+    from tokenlab.models.hooks import set_attention
     if shape == "gpu":
         dev = torch.device("cuda"); model = _llama_1b(dev)
     else:
@@ -78,7 +79,7 @@ def worker(method: str, n: int, shape: str) -> dict:
                 model(x, logits_to_keep=1)
             return st
         if method == "eager":
-            model.set_attn_implementation("eager")
+            set_attention(model, "eager")
             return model(x, logits_to_keep=1, output_attentions=True).attentions
         return model(x, logits_to_keep=1)
 

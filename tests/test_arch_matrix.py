@@ -3,17 +3,14 @@ transformers' hidden states, values and per-head output norms against independen
 against eager attention, the deletion test on the language models; bad input gives one TokenlabError line."""
 from __future__ import annotations
 import pytest, torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from tokenlab.lab.core import TokenlabError
 from tokenlab.models.tiny import TINY_TYPES, tiny_inputs, tiny_model
 from tokenlab.models.arch import Adapter
 from tokenlab.attention import stats as attnstats
-from tokenlab.attention.stats import _lm_configs, _module_eager
+from tokenlab.models.hooks import observe, observers
 from tokenlab.attention.deletion import deletion_nll
 from tokenlab.models.trainer import sequence_nll
-from tokenlab.attention.sinks import (SINK_METRICS, collect, record, sink_scores, sink_rate, first_token_share,
+from tokenlab.attention.sinks import (SINK_METRICS, check_result, compute, collect, record, sink_scores, sink_rate, first_token_share,
                                       value_drain, residual_peak, massive_activations, sink_token_similarity,
                                       channel_overlap, massive_origin, head_activity, dormant_by_domain,
                                       logit_lens_ranks, linearity, token_nonlinearity, layer_linearity)
@@ -71,21 +68,7 @@ def test_collect_shapes_finite_and_residual_stream(case):
 def _capture_values(case) -> list:
     "Value states (B, H_kv, T, hd) as the attention function receives them, per layer (independent of the v projection)."
     got = []
-    def cap(fwd):
-        def f(module, query, key, value, *a, **kw):
-            got.append(value.detach())
-            return fwd(module, query, key, value, *a, **kw)
-        return f
-    AttentionInterface.register("tl_test_sdpa", cap(sdpa_attention_forward)); AttentionMaskInterface.register("tl_test_sdpa", sdpa_mask)
-    AttentionInterface.register("tl_test_eager", cap(lambda m, *a, **kw: _module_eager(m)(m, *a, **kw)))
-    AttentionMaskInterface.register("tl_test_eager", eager_mask)
-    cfgs = _lm_configs(case.ad, range(case.ad.n_layers))
-    orig = {i: c._attn_implementation for i, c in cfgs.items()}
-    try:
-        for i, c in cfgs.items(): c._attn_implementation = "tl_test_eager" if orig[i] == "eager" else "tl_test_sdpa"
-        with torch.no_grad(): case.m(**case.inputs)
-    finally:
-        for i, c in cfgs.items(): c._attn_implementation = orig[i]
+    with torch.no_grad(), observe(case.m, lambda call: got.append(call.value.detach())): case.m(**case.inputs)
     return got
 
 
@@ -125,7 +108,7 @@ def test_attention_statistics_agree_with_full_attention(case):
     lite = collect(case.m, case.inputs)                      # default attention="stats": no (T, T) tensor
     assert lite.attn is None and torch.allclose(lite.alpha, si.alpha, atol=1e-5) and torch.allclose(lite.hidden, si.hidden, atol=1e-5)
     assert torch.allclose(lite.first_share, si.first_share, atol=1e-5)
-    assert case.ad.config._attn_implementation in ("sdpa", "eager") and not attnstats._ACTIVE and not _our_hooks(case.m)
+    assert case.ad.config._attn_implementation in ("sdpa", "eager") and not observers() and not _our_hooks(case.m)
     none = collect(case.m, case.inputs, attention="none")
     assert none.alpha is None and none.attn is None and torch.allclose(none.v_norm, si.v_norm, atol=1e-5)
 
@@ -166,10 +149,8 @@ def test_every_sink_metric_runs(case):
     assert token_nonlinearity(X, Y).sum().item() == pytest.approx(1 - linearity(X, Y), abs=1e-5)
     with pytest.raises(TokenlabError, match="more tokens than dimensions"):
         layer_linearity(si.hidden[:1, :, :8])
-    covered = {"sink_scores", "sink_rate", "first_token_share", "value_drain", "residual_peak", "massive_activations",
-               "sink_token_similarity", "channel_overlap", "massive_origin", "head_activity", "logit_lens_ranks",
-               "linearity", "token_nonlinearity", "layer_linearity"}
-    assert set(SINK_METRICS) <= covered, set(SINK_METRICS) - covered
+    for name in SINK_METRICS.names():                        # every registered metric, from the one collection
+        check_result(name, compute(name, si), si)
 
 
 def test_deletion_nll(case):
@@ -242,5 +223,5 @@ def test_hooks_removed_when_the_forward_pass_fails(llama):
     try:
         for mode in ("full", "stats", "none"):
             with pytest.raises(RuntimeError, match="boom"): collect(llama, torch.ones(1, 4, dtype=torch.long), attention=mode)
-            assert not _our_hooks(llama) and llama.config._attn_implementation == "sdpa" and not attnstats._ACTIVE
+            assert not _our_hooks(llama) and llama.config._attn_implementation == "sdpa" and not observers()
     finally: h.remove()

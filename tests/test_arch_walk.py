@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import dataclasses
 import pytest, torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from tokenlab.lab.core import TokenlabError
 from tokenlab.models.arch import MODELS, REFUSED, Adapter
 from tokenlab.models.tiny import walk_types, tiny_model, tiny_inputs
 from tokenlab.attention.sinks import collect
-from tokenlab.attention.stats import max_eager_error, _lm_configs, _module_eager
+from tokenlab.attention.stats import max_eager_error
+from tokenlab.models.hooks import observe
 
 torch.set_num_threads(1)
 ATOL = 1e-4
@@ -26,21 +24,7 @@ def _build(mt):
 def _values_seen_by_attention(m, ad, inputs) -> list:
     "Value states (B, H_kv, T, hd) as each attention call receives them (independent of the adapter's v projection)."
     got = []
-    def cap(fwd):
-        def f(module, query, key, value, *a, **kw):
-            got.append(value.detach())
-            return fwd(module, query, key, value, *a, **kw)
-        return f
-    AttentionInterface.register("tl_walk_sdpa", cap(sdpa_attention_forward)); AttentionMaskInterface.register("tl_walk_sdpa", sdpa_mask)
-    AttentionInterface.register("tl_walk_eager", cap(lambda mod, *a, **kw: _module_eager(mod)(mod, *a, **kw)))
-    AttentionMaskInterface.register("tl_walk_eager", eager_mask)
-    cfgs = _lm_configs(ad, range(ad.n_layers))
-    orig = {i: c._attn_implementation for i, c in cfgs.items()}
-    try:
-        for i, c in cfgs.items(): c._attn_implementation = "tl_walk_eager" if orig[i] == "eager" else "tl_walk_sdpa"
-        with torch.no_grad(): m(**inputs)
-    finally:
-        for i, c in cfgs.items(): c._attn_implementation = orig[i]
+    with torch.no_grad(), observe(m, lambda call: got.append(call.value.detach())): m(**inputs)
     return got
 
 

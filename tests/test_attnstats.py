@@ -8,6 +8,7 @@ from tokenlab.models.arch import Adapter
 from tokenlab.attention import stats as attnstats
 from tokenlab.attention.stats import (attention_stats, chunked_attention_stats, collect_attention_stats,
                                       max_eager_error)
+from tokenlab.models.hooks import observed_name, observers, use_attention
 
 torch.set_num_threads(1)
 
@@ -18,7 +19,7 @@ def test_matches_eager_output_attentions(model_type):
     impl = m.config.get_text_config()._attn_implementation
     err = max_eager_error(m, tiny_inputs(m, n_text=12, batch=2, seed=1), token_sets={"some": range(1, 30)})
     assert err < 1e-4, (model_type, err)
-    assert m.config.get_text_config()._attn_implementation == impl and not m._forward_pre_hooks and not attnstats._ACTIVE
+    assert m.config.get_text_config()._attn_implementation == impl and not m._forward_pre_hooks and not observers()
 
 
 @pytest.mark.parametrize("model_type", TINY_TYPES)
@@ -49,7 +50,7 @@ def test_what_subset_and_bad_names():
 
 
 def _clean(m, impl="sdpa"):
-    assert m.config._attn_implementation == impl and not m._forward_pre_hooks and not attnstats._ACTIVE
+    assert m.config._attn_implementation == impl and not m._forward_pre_hooks and not observers()
 
 
 def test_restored_after_exception_inside_context():
@@ -64,7 +65,7 @@ def test_restored_after_exception_inside_context():
     _clean(m)
     g = tiny_model("gemma2")                                            # eager architecture (soft-capping)
     with attention_stats(g) as st:
-        assert g.config._attn_implementation == attnstats.STATS_IMPL["eager"]
+        assert g.config._attn_implementation == observed_name("eager") == "tokenlab_observe_eager"
         g(torch.tensor([[1, 2, 3]]))
     _clean(g, "eager")
     assert sorted(st.column_mass) == [0, 1]
@@ -74,7 +75,7 @@ def test_vlm_switches_only_the_language_model():
     m = tiny_model("llava")
     vis = m.config.vision_config._attn_implementation
     with attention_stats(m, layers=[1]):
-        assert m.config.text_config._attn_implementation == attnstats.STATS_IMPL["sdpa"]
+        assert m.config.text_config._attn_implementation == observed_name("sdpa")
         assert m.config.vision_config._attn_implementation == vis
     assert m.config.text_config._attn_implementation == "sdpa"
 
@@ -131,9 +132,7 @@ def test_padding_batch_matches_eager():
         ref_entropy = ref[l]["entropy"] * am[:, None]
         assert torch.allclose(st.entropy[l], ref_entropy, atol=1e-5)
         assert torch.equal(st.entropy[l][1, :, :3], torch.zeros(4, 3))
-    m.config._attn_implementation = "eager"
-    with torch.no_grad(): A = m(input_ids=ids, attention_mask=am, output_attentions=True).attentions
-    m.config._attn_implementation = "sdpa"
+    with torch.no_grad(), use_attention(m, "eager"): A = m(input_ids=ids, attention_mask=am, output_attentions=True).attentions
     for l, a in enumerate(A):
         assert torch.allclose(st.column_mass[l], (a * valid).sum(-2), atol=1e-5)
     assert torch.equal(st.n_queries[0][1, 0], torch.tensor([0., 0, 0, 6, 5, 4, 3, 2, 1]))

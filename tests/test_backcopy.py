@@ -88,8 +88,15 @@ def test_relu_selectable_by_name_without_touching_other_models():
     w = out.attentions[1]
     assert (w >= 0).all() and (w.triu(1) == 0).all()
     assert torch.allclose(soft(ids).logits, before)                          # the softmax model is unchanged
-    # selecting by name on an existing model gives the same result as the config route
-    soft.set_attn_implementation(RELU_ATTENTION)
+    # selecting by name on an existing model gives the same result as the config route: through tokenlab's hooks,
+    # for a block of code or for good, and through transformers' own setter (it is a registered implementation)
+    from tokenlab.models.hooks import set_attention, use_attention
+    with use_attention(soft, RELU_ATTENTION): assert torch.allclose(soft(ids).logits, out.logits, atol=1e-6)
+    assert soft.config._attn_implementation == "sdpa"
+    other = tiny_llama(30, d_model=16, n_layers=2, n_heads=2, seed=0)
+    other.set_attn_implementation(RELU_ATTENTION)
+    assert torch.allclose(other(ids).logits, out.logits, atol=1e-6)
+    set_attention(soft, RELU_ATTENTION)
     assert torch.allclose(soft(ids).logits, out.logits, atol=1e-6)
     # and it trains: gradients flow through relu attention
     soft.train(); loss = soft(ids, labels=ids).loss; loss.backward()

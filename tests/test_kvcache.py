@@ -5,8 +5,10 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from transformers import LlamaConfig, LlamaForCausalLM
 from tokenlab.lab.core import TokenlabError
-from tokenlab.attention.kvcache import (POLICIES, KVPolicy, PolicyCache, make_policy, stream_nll, attention_stats,
-                                        separator_ids, _CALLBACKS)
+from tokenlab.attention.kvcache import (POLICIES, KVPolicy, PolicyCache, make_policy, stream_nll, received_attention_hook,
+                                        separator_ids, sliding_windows)
+from tokenlab.models.hooks import AttentionCall, observe, observers
+from tokenlab.models.tiny import tiny_model
 from tokenlab.models.trainer import tiny_llama, sequence_nll
 
 torch.set_num_threads(1)
@@ -15,6 +17,7 @@ STATIC = ["window", "sink", "sepllm"]
 
 
 def kw(name): return {"separators": SEP} if name == "sepllm" else {}
+SLIDING = ["mistral", "qwen2", "gemma2", "gemma3_text"]        # tiny configs: sliding_window=4, some or all layers
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +136,20 @@ def test_h2o_eviction_follows_the_accumulated_attention():
     assert m.config._attn_implementation == "eager"
 
 
-def test_attention_stats_is_removed_on_exit_and_on_error(model, stream):
+def test_received_attention_hook_is_removed_on_exit_and_on_error(model, stream):
     assert model.config._attn_implementation == "sdpa"
     def boom(a, b, cache):
         if a > 20: raise RuntimeError("stop")
     with pytest.raises(RuntimeError, match="stop"):
         stream_nll(model, stream, "h2o", 8, progress=False, on_step=boom)
-    assert model.config._attn_implementation == "sdpa" and not _CALLBACKS
-    with attention_stats(model, lambda l, r: None):
-        with pytest.raises(TokenlabError, match="already active"):
-            with attention_stats(model, lambda l, r: None): pass
-    assert model.config._attn_implementation == "sdpa" and not _CALLBACKS
+    assert model.config._attn_implementation == "sdpa" and not observers()
+    # two hooks on one model nest (the old kvcache.attention_stats refused this with "already active"): both see every layer
+    outer, inner = [], []
+    with torch.no_grad(), received_attention_hook(model, lambda l, r: outer.append(l)):
+        with received_attention_hook(model, lambda l, r: inner.append(l)): model(stream[None, :6])
+        model(stream[None, :6])
+    assert inner == [0, 1] and outer == [0, 1, 0, 1]
+    assert model.config._attn_implementation == "sdpa" and not observers()
     full = sequence_nll(model, stream)[0]
     assert (stream_nll(model, stream, "full", 8, prefill=False, progress=False) - full).abs().max() < 1e-4
 
@@ -188,18 +194,86 @@ def test_separator_ids_on_a_real_tokenizer():
     assert tok.token_to_id("the") not in sep and 50 < len(sep) < 1000
 
 
-def test_kv_attention_stats_leaves_other_registrations_alone():
+def test_kv_hook_leaves_other_registrations_alone():
     # regression: kvcache once registered "tokenlab_stats_eager", overwriting attnstats' function of that name,
-    # after which sinks.collect(attention="full") saw no layers
+    # after which sinks.collect(attention="full") saw no layers. Now one wrapper serves every observer.
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from tokenlab.attention import stats as attnstats
+    from tokenlab.models import hooks
     from tokenlab.attention.sinks import collect
-    from tokenlab.models.trainer import tiny_llama
     m = tiny_llama(30, d_model=16, n_layers=2, n_heads=2, seed=0, attn="eager")
     ids = torch.arange(12)[None]
-    with torch.no_grad(), attention_stats(m, lambda l, r: None): m(ids)
-    for name, fn in ((attnstats.STATS_IMPL["sdpa"], attnstats.stats_sdpa_attention),
-                     (attnstats.STATS_IMPL["eager"], attnstats.stats_eager_attention)):
-        assert ALL_ATTENTION_FUNCTIONS[name] is fn, name
+    with torch.no_grad(), received_attention_hook(m, lambda l, r: None): m(ids)
+    for inner in ("sdpa", "eager"):
+        assert ALL_ATTENTION_FUNCTIONS[hooks.observed_name(inner)] is hooks.observed_attention, inner
     si = collect(tiny_llama(30, d_model=16, n_layers=2, n_heads=2, seed=0), ids, attention="full")
     assert si.alpha.shape == (1, 2, 2, 12)
+
+
+def _visible_keys(call: AttentionCall) -> int:
+    "The most keys any query of an attention call can see, from the mask it gets (None: causal over the cache)."
+    m, (Q, K) = call.attention_mask, (call.query.shape[2], call.key.shape[2])
+    if m is None: return K
+    allowed = m[..., :K] if m.dtype == torch.bool else m[..., :K] > torch.finfo(m.dtype).min / 2
+    return int(allowed.sum(-1).max())
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", POLICIES.names())
+def test_every_registered_policy_keeps_its_budget_and_equals_token_by_token(name, model_type):
+    "Built from its registry entry's `example`: no query sees more than the budget, no cache holds more after a step, and chunked feeding (or prefill) equals token-by-token feeding."
+    m = tiny_model(model_type, seed=1)
+    ids = torch.randint(1, 100, (36,), generator=torch.Generator().manual_seed(2))
+    example, B = POLICIES.entry(name).extra["example"], 12
+    one = stream_nll(m, ids, make_policy(name, B, **example), prefill=False, progress=False)
+    keys, sizes = [], []
+    with observe(m, lambda call: keys.append(_visible_keys(call))):
+        pol = make_policy(name, B, **example)
+        got = stream_nll(m, ids, pol, chunk=1 if pol.needs_scores else 5, progress=False,
+                         on_step=lambda a, b, c: sizes.append(max(len(L) for L in c.layers)))
+    assert (got - one).abs().max() < 1e-5, float((got - one).abs().max())
+    if name == "full": assert max(sizes) == len(ids)
+    else: assert max(sizes) <= B and max(keys) <= B, (max(sizes), max(keys))
+    assert not observers() and m.config._attn_implementation in ("sdpa", "eager")
+
+
+@pytest.mark.parametrize("model_type", SLIDING)
+def test_sliding_window_models_chunks_equal_token_by_token(model_type):
+    "Layers with a sliding window smaller than the budget: chunks of 8 see what token-by-token feeding sees (once 0.9-1.9 nats apart)."
+    m = tiny_model(model_type, seed=1)
+    assert any(w == 4 for w in sliding_windows(m)), sliding_windows(m)
+    ids = torch.randint(1, 100, (40,), generator=torch.Generator().manual_seed(0))
+    full = sequence_nll(m, ids)[0]
+    assert (stream_nll(m, ids, "full", chunk=1, prefill=False, progress=False) - full).abs().max() < 1e-5
+    for name in ("full", "window", "sink", "sepllm"):
+        kw_ = {"separators": list(range(1, 30))} if name == "sepllm" else {}
+        one = stream_nll(m, ids, name, 16, chunk=1, prefill=False, progress=False, **kw_)
+        eight = stream_nll(m, ids, name, 16, chunk=8, progress=False, **kw_)
+        assert (eight - one).abs().max() < 1e-5, (model_type, name, float((eight - one).abs().max()))
+    # a budget covering the stream evicts nothing: the window policy is then one plain forward, sliding layers included
+    assert (stream_nll(m, ids, "window", 40, chunk=8, progress=False) - full).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("model_type", SLIDING)
+def test_sliding_window_is_over_positions_not_cache_slots(model_type):
+    "Sink policy at budget 5 (4 sinks + 1 recent) with W = 4: a sliding layer sees the sinks less than 4 positions back, then only the current token."
+    m = tiny_model(model_type, seed=0)
+    ids = torch.randint(1, 100, (24,), generator=torch.Generator().manual_seed(1))
+    sliding = [l for l, w in enumerate(sliding_windows(m)) if w]
+    seen = []
+    def count(call):
+        if call.layer in sliding and call.query.shape[2] == 1 and call.key.shape[2] == 5: seen.append(_visible_keys(call))
+    with observe(m, count): one = stream_nll(m, ids, "sink", 5, chunk=1, prefill=False, progress=False)
+    want = [1 + sum(t - p < 4 for p in range(4)) for t in range(4, 24) for _ in sliding]   # 4, 3, 2, 1, 1, ...
+    assert seen == want, seen                    # transformers' own sliding mask counts cache slots: 4 keys every step
+    assert (stream_nll(m, ids, "sink", 5, chunk=8, progress=False) - one).abs().max() < 1e-5
+
+
+def test_h2o_on_a_sliding_window_it_cannot_express_is_refused():
+    "H2O evicts per head, so sliding layers get transformers' own mask over cache slots: exact only with a large enough recent part."
+    m = tiny_model("mistral", seed=0, sliding_window=8)
+    ids = torch.randint(1, 100, (30,), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TokenlabError, match="sliding window of layer 0 .8."):
+        stream_nll(m, ids, "h2o", 6, progress=False)                 # 3 recent entries < W - 1 = 7
+    assert not observers() and m.config._attn_implementation == "sdpa"
+    nll = stream_nll(m, ids, "h2o", 16, progress=False)              # 8 recent entries >= 7: exact
+    assert torch.isfinite(nll).all()

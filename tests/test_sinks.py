@@ -8,7 +8,10 @@ from tokenlab.attention import sinks
 from tokenlab.attention.sinks import (SINK_METRICS, sink_metric, sink_scores, sink_rate, first_token_share,
                                       value_drain, residual_peak, massive_activations, sink_token_similarity,
                                       head_activity, dormant_by_domain, logit_lens_ranks, linearity,
-                                      token_nonlinearity, layer_linearity, collect, record, record_llama)
+                                      token_nonlinearity, layer_linearity, collect, record, record_llama,
+                                      compute, check_result, register_sink_metric)
+from tokenlab.models.hooks import observers, set_attention
+from tokenlab.models.tiny import tiny_inputs, tiny_model
 from tokenlab.models.trainer import tiny_llama
 
 torch.set_num_threads(1)
@@ -223,7 +226,7 @@ def test_collect_keeps_a_custom_attention_function():
     from tokenlab.models.trainer import tiny_llama
     register_relu_attention()
     m = tiny_llama(20, d_model=32, n_layers=2, n_heads=2, seed=0)
-    m.set_attn_implementation(RELU_ATTENTION)
+    set_attention(m, RELU_ATTENTION)
     ids = torch.arange(8)[None]
     own = m(ids).logits
     si = collect(m, ids, attention="full")
@@ -231,3 +234,69 @@ def test_collect_keeps_a_custom_attention_function():
     assert si.alpha.shape == (1, 2, 2, 8) and torch.allclose(si.alpha, sink_scores(si.attn))
     with pytest.raises(TokenlabError, match="assume softmax"): collect(m, ids, attention="stats")
     assert m.config._attn_implementation == RELU_ATTENTION
+
+
+# ---------------------------------------------------------------- every registered metric, from one SinkInputs
+
+@pytest.fixture(scope="module")
+def collected():
+    m = tiny_model("llama", seed=3)
+    si = collect(m, tiny_inputs(m, n_text=20, batch=2, seed=4), attention="full")   # B*T = 40 > d = 32 for the linearity fit
+    return m, si
+
+
+def _independent(name, r, si, m):
+    "An independent computation of the result where it is cheap (from the raw tensors, not through the metric)."
+    A, B, L, T = si.attn.double(), si.dims["B"], si.dims["L"], si.dims["T"]
+    if name == "sink_scores":
+        ref = torch.stack([A[..., k:, k].mean(-1) for k in range(T)], -1)     # mean over the queries that see key k
+        assert torch.allclose(r.double(), ref, atol=1e-6)
+    elif name == "sink_rate": assert r == (si.alpha[..., 0] > 0.3).float().mean().item()
+    elif name == "first_token_share": assert torch.allclose(r.double(), A[..., 0].mean((0, -1)), atol=1e-6)
+    elif name == "value_drain": assert torch.allclose(r, si.v_norm[..., 0] / si.v_norm[..., 1:].mean(-1), atol=1e-6)
+    elif name == "residual_peak":                                   # T - 1 = 19 others: the median is one of them
+        n = si.hidden.double().pow(2).sum(-1).sqrt()
+        assert torch.allclose(r.double(), n[..., 0] / n[..., 1:].median(-1).values, rtol=1e-5)
+    elif name == "massive_activations": assert r.top_value.tolist() == [si.hidden[:, l].abs().max().item() for l in range(L + 1)]
+    elif name == "massive_origin":                                  # follows the largest activation after the last block
+        flat = si.hidden[:, L].abs().flatten().argmax()
+        t, d = (flat // si.dims["d"]) % T, flat % si.dims["d"]
+        assert torch.allclose(torch.tensor(r.value.tolist()), si.hidden[:, 1:, t, d].mean(0), atol=1e-6)
+        assert torch.allclose(torch.tensor(r.mlp.tolist()), si.mlp_out[:, :, t, d].mean(0), atol=1e-6)
+    elif name == "head_activity":
+        a0, on = si.alpha[..., 0], si.head_out_norm.mean(-1)
+        assert torch.equal(r, (a0 > 0.3) & (on < 0.5 * on.median(-1, keepdim=True).values))
+    elif name == "logit_lens_ranks":
+        assert (r[:, -1] == 0).all()
+        with torch.no_grad(): lg = m.lm_head(m.model.norm(si.hidden[:, 0])).float()
+        tgt = si.logits.argmax(-1)
+        assert torch.equal(r[:, 0], (lg > lg.gather(-1, tgt[..., None])).sum(-1))
+    elif name in ("linearity", "token_nonlinearity", "layer_linearity"):
+        import numpy as np
+        X, Y = (si.hidden[:, l].reshape(-1, si.dims["d"]).double().numpy() for l in (0, 1))
+        X, Y = X - X.mean(0), Y - Y.mean(0); X, Y = X / np.linalg.norm(X), Y / np.linalg.norm(Y)
+        res = ((X @ np.linalg.lstsq(X, Y, rcond=None)[0] - Y) ** 2).sum(-1)
+        want = {"linearity": 1 - res.sum(), "token_nonlinearity": res, "layer_linearity": 1 - res.sum()}[name]
+        got = r if name != "layer_linearity" else r[0]
+        assert np.allclose(np.asarray(got, dtype=float), want, atol=1e-6)
+    elif name in ("sink_token_similarity", "channel_overlap"):      # top 5% and bottom half of the B * (T-1) later tokens
+        n = B * (T - 1)
+        assert (r["n_high"], r["n_low"]) == (max(1, round(0.05 * n)), n // 2)
+        assert all(-1 - 1e-6 <= v <= 1 + 1e-6 for k, v in r.items() if not k.startswith("n_"))
+
+
+@pytest.mark.parametrize("name", SINK_METRICS.names())
+def test_every_registered_metric_on_a_collected_model(collected, name):
+    "Each metric of the registry, from its entry's `inputs`: the declared shape or type, finite values, and an independent value where cheap."
+    m, si = collected
+    e = SINK_METRICS.entry(name)
+    assert e.doc and e.paper and e.extra["returns"], name
+    r = compute(name, si)
+    check_result(name, r, si)
+    _independent(name, r, si, m)
+
+
+def test_registering_a_metric_needs_its_inputs():
+    with pytest.raises(TokenlabError, match="needs inputs="):
+        register_sink_metric("no_inputs")(lambda attn: attn)
+    assert "no_inputs" not in SINK_METRICS

@@ -9,8 +9,8 @@ __all__ = []
 from ..lab.core import lazy_exports
 __getattr__, __dir__ = lazy_exports("tokenlab.attention", {
     "stats": ["attention_stats", "collect_attention_stats", "AttentionStats"],
-    "sinks": ["collect", "record", "SinkInputs", "SINK_METRICS", "sink_metric"],
-    "kvcache": ["POLICIES", "make_policy", "stream_nll", "PolicyCache"],
+    "sinks": ["collect", "record", "SinkInputs", "SINK_METRICS", "sink_metric", "compute"],
+    "kvcache": ["POLICIES", "make_policy", "stream_nll", "PolicyCache", "received_attention_hook"],
     "backcopy": ["BigramBackcopy", "RELU_ATTENTION"],
     "deletion": ["deletion_nll", "token_classes"],
 })

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 from ..lab.core import TokenlabError, check_choice
+from ..models.hooks import register_attention
 
 # %% auto #0
 __all__ = ['RELU_ATTENTION', 'BigramBackcopy', 'trigger_accuracy', 'relu_attention_forward', 'register_relu_attention']
@@ -78,9 +79,7 @@ def trigger_accuracy(logits, ids, task: BigramBackcopy) -> float:
     pred = torch.as_tensor(logits)[:, :-1].argmax(-1)
     return (pred[m[:, :-1]] == ids[:, 1:][m[:, :-1]]).float().mean().item()
 
-# %% ../../nbs/attention/03_backcopy.ipynb #a2acb3bf
-RELU_ATTENTION = "tokenlab_relu"
-
+# %% ../../nbs/attention/03_backcopy.ipynb #e9663b7d
 def _allowed(attention_mask, q_len: int, k_len: int, device) -> torch.Tensor:
     "Bool mask `(B or 1, 1, q, k)` of visible keys: from transformers' 4-D mask (bool, or additive float) or causal if None."
     if attention_mask is None:
@@ -89,6 +88,7 @@ def _allowed(attention_mask, q_len: int, k_len: int, device) -> torch.Tensor:
     m = attention_mask[..., :k_len]
     return m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
 
+# %% ../../nbs/attention/03_backcopy.ipynb #a2acb3bf
 def relu_attention_forward(module, query, key, value, attention_mask, scaling, dropout: float = 0.0, **kwargs):
     "Attention with weights relu(q k^T * scaling) / (number of visible keys); (B, H, q, d_h) inputs -> ((B, q, H, d_h), weights)."
     groups = query.shape[1] // key.shape[1]
@@ -99,12 +99,9 @@ def relu_attention_forward(module, query, key, value, attention_mask, scaling, d
     w = torch.nn.functional.dropout(w, p=dropout, training=module.training)
     return (w @ value).transpose(1, 2).contiguous(), w
 
-def register_relu_attention(name: str = RELU_ATTENTION) -> str:
-    "Register `relu_attention_forward` under `name` in transformers' AttentionInterface (and the eager mask); idempotent."
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-    AttentionInterface.register(name, relu_attention_forward)
-    AttentionMaskInterface.register(name, eager_mask)
-    return name
+# %% ../../nbs/attention/03_backcopy.ipynb #37ae8296
+def register_relu_attention(role: str = "relu") -> str:
+    "Register `relu_attention_forward` as `tokenlab_<role>` (with the eager mask) through the one registration function; idempotent."
+    return register_attention(role, relu_attention_forward, mask="eager")
 
-register_relu_attention()
+RELU_ATTENTION = register_relu_attention()

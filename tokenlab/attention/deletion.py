@@ -21,6 +21,7 @@ our ours ourselves out over own same she should so some such than that the their
 they this those through to too under until up very was we were what when where which while who whom why will with would you
 your yours yourself yourselves""".split())
 
+# %% ../../nbs/attention/04_deletion.ipynb #a8aa5c95
 def _is_punct(s: str) -> bool:
     return all(unicodedata.category(c)[0] in "PS" for c in s)
 

@@ -4,35 +4,38 @@
 
 # %% ../../nbs/attention/01_sinks.ipynb #8c2a7e10
 from __future__ import annotations
-import contextlib
-from dataclasses import dataclass
+import contextlib, inspect, math, re
+from dataclasses import dataclass, field
 from typing import Callable
+import numpy as np
 import pandas as pd
 import torch
 from ..lab.core import TokenlabError, check_choice
+from ..lab.registry import Registry
 from ..models.arch import MODELS, Adapter, hidden_of
-from .stats import _lm_configs, attention_stats
+from ..models.hooks import SOFTMAX_KERNELS, attention_implementation, forward_hooks, use_attention
+from .stats import attention_stats
 
 # %% auto #0
 __all__ = ['SINK_METRICS', 'record_llama', 'ATTENTION_MODES', 'register_sink_metric', 'sink_metric', 'sink_scores', 'sink_rate',
            'first_token_share', 'value_drain', 'residual_peak', 'massive_activations', 'sink_token_similarity',
            'channel_overlap', 'massive_origin', 'head_activity', 'dormant_by_domain', 'logit_lens_ranks', 'linearity',
            'token_nonlinearity', 'layer_linearity', 'SinkInputs', 'llama_parts', 'value_heads', 'o_weight',
-           'head_out_norms', 'record', 'collect']
+           'head_out_norms', 'record', 'collect', 'compute', 'check_result']
 
 # %% ../../nbs/attention/01_sinks.ipynb #1afe53a9
-SINK_METRICS: dict[str, Callable] = {}
+SINK_METRICS = Registry("sink metric", "sink and activation metrics over tensors; each entry's `inputs` picks its arguments from a `SinkInputs`")
 
-def register_sink_metric(name: str) -> Callable:
-    "Decorator: register a metric function under `name` in `SINK_METRICS`."
-    def deco(f: Callable) -> Callable:
-        SINK_METRICS[name] = f
-        return f
-    return deco
+def register_sink_metric(name: str, *, paper: str | None = None, inputs: Callable | None = None, returns: str | None = None) -> Callable:
+    "Decorator: register a metric function under `name` in `SINK_METRICS`, with its `paper`, `inputs` (SinkInputs -> kwargs) and `returns`."
+    if inputs is None or not returns:
+        raise TokenlabError(f"sink metric {name!r} needs inputs= (a function SinkInputs -> keyword arguments) and returns= (the result's shape or type)")
+    return SINK_METRICS.register(name, paper=paper, inputs=inputs, returns=returns)
 
+# %% ../../nbs/attention/01_sinks.ipynb #0b04c84e
 def sink_metric(name: str) -> Callable:
     "The registered metric `name` (one-line error listing the names otherwise)."
-    return SINK_METRICS[check_choice("sink metric", name, SINK_METRICS)]
+    return SINK_METRICS[name]
 
 def _check_attn(attn) -> torch.Tensor:
     attn = torch.as_tensor(attn)
@@ -40,15 +43,28 @@ def _check_attn(attn) -> torch.Tensor:
         raise TokenlabError(f"attention must have shape (..., T, T), got {tuple(attn.shape)}")
     return attn.float()
 
-# %% ../../nbs/attention/01_sinks.ipynb #e26317ba
-@register_sink_metric("sink_scores")
+# %% ../../nbs/attention/01_sinks.ipynb #5e59d88c
+def _received_inputs(si, layer: int = -1) -> dict:
+    "`h` (B, T, d) after block `layer` and the attention its keys receive (B, T), for the intermediate-sink metrics."
+    L = si.hidden.shape[1] - 1
+    return {"h": si.hidden[:, layer % L + 1], "received": si.received(layer)}
+
+def _layer_pair(si, layer: int = 0) -> dict:
+    "The residual states before and after block `layer`, tokens pooled over the batch: X, Y (B*T, d)."
+    L, d = si.hidden.shape[1] - 1, si.hidden.shape[-1]
+    return {"X": si.hidden[:, layer % L].reshape(-1, d), "Y": si.hidden[:, layer % L + 1].reshape(-1, d)}
+
+# %% ../../nbs/attention/01_sinks.ipynb #25ba2385
+@register_sink_metric("sink_scores", paper="Gu et al., ICLR 2025", inputs=lambda si: {"attn": si.need("attn")}, returns="(B, L, H, T)")
 def sink_scores(attn) -> torch.Tensor:
     "alpha `(..., T)` from causal attention `attn` `(..., T, T)` (rows = queries): alpha_k = sum_q A[q,k] / (T-k). Gu et al. 2025."
     attn = _check_attn(attn)
     T = attn.shape[-1]
     return attn.sum(-2) / torch.arange(T, 0, -1, dtype=attn.dtype, device=attn.device)
 
-@register_sink_metric("sink_rate")
+# %% ../../nbs/attention/01_sinks.ipynb #a5faf6ee
+@register_sink_metric("sink_rate", paper="Gu et al., ICLR 2025", returns="float",
+                      inputs=lambda si: {"alpha": si.alpha} if si.alpha is not None else {"attn": si.need("attn")})
 def sink_rate(attn=None, eps: float = 0.3, alpha=None) -> float:
     "Share of the leading entries (e.g. sample, layer, head) with alpha_0 > `eps`, from `attn` `(..., T, T)` or sink scores `alpha` `(..., T)`. Gu et al. 2025."
     if not 0 <= eps <= 1: raise TokenlabError(f"eps must be in [0, 1], got {eps}")
@@ -56,7 +72,8 @@ def sink_rate(attn=None, eps: float = 0.3, alpha=None) -> float:
     a0 = sink_scores(attn)[..., 0] if alpha is None else torch.as_tensor(alpha).float()[..., 0]
     return (a0 > eps).float().mean().item()
 
-@register_sink_metric("first_token_share")
+# %% ../../nbs/attention/01_sinks.ipynb #64a2c343
+@register_sink_metric("first_token_share", paper="Guo et al., 2024 (active-dormant heads)", inputs=lambda si: {"attn": si.need("attn")}, returns="(L, H)")
 def first_token_share(attn, query_mask=None) -> torch.Tensor:
     "Mean over queries of A[q,0] / sum_k A[q,k]; `attn` `(B, ..., T, T)`, `query_mask` `(B, T)` bool -> `(...)`. Guo et al. 2024."
     attn = _check_attn(attn)
@@ -70,14 +87,15 @@ def first_token_share(attn, query_mask=None) -> torch.Tensor:
     return (share * m).sum((0, -1)) / m.sum((0, -1))
 
 # %% ../../nbs/attention/01_sinks.ipynb #028e6d6e
-@register_sink_metric("value_drain")
+@register_sink_metric("value_drain", paper="Guo et al., 2024 (active-dormant heads)", inputs=lambda si: {"v_norm": si.v_norm}, returns="(B, L, H_kv)")
 def value_drain(v_norm) -> torch.Tensor:
     "norm(v_0) / mean_{t>0} norm(v_t): `v_norm` `(..., T)` value-vector norms (e.g. B, L, H, T) -> `(...)`. Guo et al. 2024."
     v = torch.as_tensor(v_norm).float()
     if v.shape[-1] < 2: raise TokenlabError(f"need T >= 2 positions, got shape {tuple(v.shape)}")
     return v[..., 0] / v[..., 1:].mean(-1).clamp_min(1e-30)
 
-@register_sink_metric("residual_peak")
+# %% ../../nbs/attention/01_sinks.ipynb #6f4b920d
+@register_sink_metric("residual_peak", paper="Guo et al., 2024 (active-dormant heads)", inputs=lambda si: {"h": si.hidden}, returns="(B, L+1)")
 def residual_peak(h) -> torch.Tensor:
     "norm(h_0) / median_{t>0} norm(h_t): `h` `(..., T, d)` residual states (e.g. B, L+1, T, d) -> `(...)`. Guo et al. 2024."
     h = torch.as_tensor(h).float()
@@ -86,7 +104,7 @@ def residual_peak(h) -> torch.Tensor:
     return n[..., 0] / n[..., 1:].quantile(0.5, dim=-1).clamp_min(1e-30)
 
 # %% ../../nbs/attention/01_sinks.ipynb #3e109a10
-@register_sink_metric("massive_activations")
+@register_sink_metric("massive_activations", paper="Sun et al., COLM 2024", inputs=lambda si: {"hidden": si.hidden}, returns="DataFrame (L+1 rows)")
 def massive_activations(hidden, top: int = 3, abs_threshold: float = 100.0, ratio_threshold: float = 1000.0) -> pd.DataFrame:
     "Per layer of `hidden` `(B, L+1, T, d)` (raw residual stream): largest abs(x), dims, positions, median, ratio, criteria. Sun et al. 2024."
     h = torch.as_tensor(hidden).float()
@@ -108,7 +126,7 @@ def massive_activations(hidden, top: int = 3, abs_threshold: float = 100.0, rati
     return df
 
 # %% ../../nbs/attention/01_sinks.ipynb #1774587e
-@register_sink_metric("sink_token_similarity")
+@register_sink_metric("sink_token_similarity", paper="AVSR attention-sinks paper (2025)", inputs=_received_inputs, returns="dict")
 def sink_token_similarity(h, received, frac: float = 0.05) -> dict:
     "`h` `(B, T, d)`, `received` `(B, T)` attention each key receives -> mean cos(h_t, h_0) of high vs low receivers (t > 0)."
     h, r = torch.as_tensor(h).float(), torch.as_tensor(received).float()
@@ -122,7 +140,7 @@ def sink_token_similarity(h, received, frac: float = 0.05) -> dict:
     return dict(cos_high=cos[hi].mean().item(), cos_low=cos[lo].mean().item(), n_high=len(hi), n_low=len(lo))
 
 # %% ../../nbs/attention/01_sinks.ipynb #0b0a25b6
-@register_sink_metric("channel_overlap")
+@register_sink_metric("channel_overlap", paper="AVSR attention-sinks paper (2025)", inputs=_received_inputs, returns="dict")
 def channel_overlap(h, received, k: int = 8, frac: float = 0.05) -> dict:
     "`h` `(B, T, d)`, `received` `(B, T)` -> mean Jaccard of top-`k` abs channels with position 0's, high vs low receivers (t > 0)."
     h, r = torch.as_tensor(h).float(), torch.as_tensor(received).float()
@@ -139,8 +157,14 @@ def channel_overlap(h, received, k: int = 8, frac: float = 0.05) -> dict:
     hi, lo = order[:n_hi], order[len(order) - len(order) // 2:]
     return dict(jaccard_high=jac[hi].mean().item(), jaccard_low=jac[lo].mean().item(), n_high=len(hi), n_low=len(lo))
 
+# %% ../../nbs/attention/01_sinks.ipynb #3fc1c6dd
+def _origin_inputs(si) -> dict:
+    "hidden, mlp_out and the (dim, position) of the largest activation after the last block."
+    top = massive_activations(si.hidden, top=1).iloc[-1]
+    return {"hidden": si.hidden, "mlp_out": si.need("mlp_out"), "dim": top.top_dims[0], "position": top.top_positions[0]}
+
 # %% ../../nbs/attention/01_sinks.ipynb #5d447c6d
-@register_sink_metric("massive_origin")
+@register_sink_metric("massive_origin", paper="Sun et al., COLM 2024; AVSR attention-sinks paper (2025)", inputs=_origin_inputs, returns="DataFrame (L rows)")
 def massive_origin(hidden, mlp_out, dim: int, position: int = 0) -> pd.DataFrame:
     "`hidden` `(B, L+1, T, d)`, `mlp_out` `(B, L, T, d)` -> per block: residual value at (`position`, `dim`), jump, MLP part (mean over B)."
     h, m = torch.as_tensor(hidden).float(), torch.as_tensor(mlp_out).float()
@@ -152,8 +176,14 @@ def massive_origin(hidden, mlp_out, dim: int, position: int = 0) -> pd.DataFrame
     jump, mlp = x[1:] - x[:-1], m[:, :, position, dim].mean(0)
     return pd.DataFrame({"layer": range(len(jump)), "value": x[1:].tolist(), "jump": jump.tolist(), "mlp": mlp.tolist()})
 
+# %% ../../nbs/attention/01_sinks.ipynb #cf11a9e8
+def _activity_inputs(si) -> dict:
+    "alpha_0 (B, L, H) from the sink scores (statistics or full attention) and the head output norms averaged over positions."
+    alpha = si.alpha if si.alpha is not None else sink_scores(si.need("attn"))
+    return {"alpha0": alpha[..., 0], "out_norm": si.head_out_norm.mean(-1)}
+
 # %% ../../nbs/attention/01_sinks.ipynb #7db59bb1
-@register_sink_metric("head_activity")
+@register_sink_metric("head_activity", paper="Guo et al., 2024 (active-dormant heads)", inputs=_activity_inputs, returns="(B, L, H)")
 def head_activity(alpha0, out_norm, eps: float = 0.3, rel: float = 0.5, reference=None) -> torch.Tensor:
     "Dormant mask `(..., L, H)`: alpha0 > eps and out_norm < rel * reference (default: median over the heads of each layer)."
     a, n = torch.as_tensor(alpha0).float(), torch.as_tensor(out_norm).float()
@@ -161,6 +191,7 @@ def head_activity(alpha0, out_norm, eps: float = 0.3, rel: float = 0.5, referenc
     ref = n.median(-1, keepdim=True).values if reference is None else torch.as_tensor(reference).float()
     return (a > eps) & (n < rel * ref)
 
+# %% ../../nbs/attention/01_sinks.ipynb #1a218ce4
 def dormant_by_domain(stats: dict, eps: float = 0.3, rel: float = 0.5) -> pd.DataFrame:
     "`stats` {domain: (alpha0 (L, H), out_norm (L, H))} -> one row per (domain, layer, head) with `dormant`; reference = max over domains."
     if not stats: raise TokenlabError("stats must hold at least one domain")
@@ -175,7 +206,8 @@ def dormant_by_domain(stats: dict, eps: float = 0.3, rel: float = 0.5) -> pd.Dat
     return pd.DataFrame(rows)
 
 # %% ../../nbs/attention/01_sinks.ipynb #2ee6967f
-@register_sink_metric("logit_lens_ranks")
+@register_sink_metric("logit_lens_ranks", paper="nostalgebraist 2020; Razzhigaev et al. 2025 (LLM-Microscope)", returns="(B, L+1, T)",
+                      inputs=lambda si: {"hidden": si.hidden, "norm": si.need("final_norm"), "unembed": si.need("unembed")})
 @torch.no_grad()
 def logit_lens_ranks(hidden, norm: Callable, unembed: Callable, targets=None) -> torch.Tensor:
     "Ranks `(B, L+1, T)` of `targets` `(B, T)` (default: final argmax) under unembed(norm(h_l)); `hidden` `(B, L+1, T, d)` raw residual."
@@ -190,7 +222,7 @@ def logit_lens_ranks(hidden, norm: Callable, unembed: Callable, targets=None) ->
         out.append((logits > logits.gather(-1, targets[..., None])).sum(-1))
     return torch.stack(out, 1)
 
-# %% ../../nbs/attention/01_sinks.ipynb #f49356c6
+# %% ../../nbs/attention/01_sinks.ipynb #f37f233a
 def _lin_fit(X, Y):
     X, Y = torch.as_tensor(X).double(), torch.as_tensor(Y).double()
     if X.dim() != 2 or Y.dim() != 2 or len(X) != len(Y): raise TokenlabError(f"X and Y must be (N, d) with the same N, got {tuple(X.shape)} and {tuple(Y.shape)}")
@@ -200,17 +232,20 @@ def _lin_fit(X, Y):
     A = torch.linalg.lstsq(X, Y, driver="gelsd").solution
     return ((X @ A - Y) ** 2).sum(-1)
 
-@register_sink_metric("linearity")
+# %% ../../nbs/attention/01_sinks.ipynb #f49356c6
+@register_sink_metric("linearity", paper="Razzhigaev et al. 2025 (LLM-Microscope)", inputs=_layer_pair, returns="float")
 def linearity(X, Y) -> float:
     "1 - ||XA* - Y||_F^2 for centred, unit-Frobenius `X` `(N, d)`, `Y` `(N, d')`; A* least squares. Razzhigaev et al. 2025."
     return 1.0 - _lin_fit(X, Y).sum().item()
 
-@register_sink_metric("token_nonlinearity")
+# %% ../../nbs/attention/01_sinks.ipynb #43e46788
+@register_sink_metric("token_nonlinearity", paper="Razzhigaev et al. 2025 (LLM-Microscope)", inputs=_layer_pair, returns="(B*T,)")
 def token_nonlinearity(X, Y) -> torch.Tensor:
     "Per-token ||x_i A* - y_i||^2 `(N,)` of the same fit as `linearity` (sums to 1 - linearity). Razzhigaev et al. 2025."
     return _lin_fit(X, Y).float()
 
-@register_sink_metric("layer_linearity")
+# %% ../../nbs/attention/01_sinks.ipynb #c7ba6f9a
+@register_sink_metric("layer_linearity", paper="Razzhigaev et al. 2025 (LLM-Microscope)", inputs=lambda si: {"hidden": si.hidden}, returns="(L,)")
 def layer_linearity(hidden, start: int = 0) -> torch.Tensor:
     "Linearity `(L,)` of each step l -> l+1 of `hidden` `(B, L+1, T, d)`, tokens pooled over batch and positions >= `start`."
     h = torch.as_tensor(hidden)
@@ -233,6 +268,23 @@ class SinkInputs:
     alpha: torch.Tensor | None = None        # (B, L, H, T) sink scores: mean attention to key k over the queries that see k
     first_share: torch.Tensor | None = None  # (B, L, H) mean over queries of A[q, 0]
     input_ids: torch.Tensor | None = None    # (B, T) the ids the model read
+    final_norm: Callable | None = field(default=None, repr=False)   # the model's final norm and unembedding (for the logit lens)
+    unembed: Callable | None = field(default=None, repr=False)
+
+    @property
+    def dims(self) -> dict:
+        "The sizes B, L, H, H_kv, T, d of this collection (the names the metrics' `returns` use)."
+        B, L1, T, d = self.hidden.shape
+        return {"B": B, "L": L1 - 1, "H": self.head_out_norm.shape[2], "H_kv": self.v_norm.shape[2], "T": T, "d": d}
+
+    def need(self, name: str):
+        "The field `name`, or a one-line error saying how to collect it (for the metrics' `inputs`)."
+        v = getattr(self, name)
+        if v is None:
+            how = {"attn": "collect with attention='full'", "alpha": "collect with attention='stats' or 'full'",
+                   "first_share": "collect with attention='stats' or 'full'"}.get(name, "collect it with tokenlab.attention.sinks.collect")
+            raise TokenlabError(f"this metric needs SinkInputs.{name}, which is None: {how}")
+        return v
 
     def received(self, layer: int) -> torch.Tensor:
         "Attention each key receives in `layer`, `(B, T)`: alpha averaged over the heads (for `sink_token_similarity`, `channel_overlap`)."
@@ -242,6 +294,7 @@ class SinkInputs:
         if not isinstance(layer, int) or not -L <= layer < L: raise TokenlabError(f"layer {layer!r} out of range; recorded {L} layers (0..{L - 1})")
         return a[:, layer].mean(1)
 
+# %% ../../nbs/attention/01_sinks.ipynb #198122d3
 def _adapter(model) -> Adapter:
     if not hasattr(model, "config"):
         raise TokenlabError(f"{type(model).__name__} is not a transformers model (no config); supported architectures: {', '.join(sorted(MODELS))}")
@@ -252,7 +305,7 @@ def llama_parts(model) -> tuple:
     ad = _adapter(model)
     return ad.layers, ad.final_norm, ad.unembed
 
-
+# %% ../../nbs/attention/01_sinks.ipynb #0ab38a8e
 def value_heads(ad: Adapter, v_out: torch.Tensor) -> torch.Tensor:
     "Value vectors `(B, T, H_kv, hd)` from the output of the adapter's v projection (the fused qkv output where fused)."
     B, T, _ = v_out.shape
@@ -261,11 +314,13 @@ def value_heads(ad: Adapter, v_out: torch.Tensor) -> torch.Tensor:
     if ad.qkv_layout == "fused_per_head": return v_out.reshape(B, T, H, 3 * hd)[..., 2 * hd:]
     return v_out[..., (H + Hkv) * hd:].reshape(B, T, Hkv, hd)          # GPT-2 c_attn, Phi-3 qkv_proj
 
+# %% ../../nbs/attention/01_sinks.ipynb #893e929a
 def o_weight(o) -> torch.Tensor:
     "The o projection's weight as `(d_out, d_in)` (GPT-2's `Conv1D` stores `(d_in, d_out)`)."
     w = o.weight
     return w.t() if not hasattr(o, "out_features") and hasattr(o, "nf") else w
 
+# %% ../../nbs/attention/01_sinks.ipynb #4449e251
 def head_out_norms(x: torch.Tensor, o, n_heads: int) -> torch.Tensor:
     "Norm of each head's contribution W_O[:, h] x_h, `(B, H, T)`, from the o projection's input `x` `(B, T, H*hd)`."
     B, T, _ = x.shape
@@ -276,6 +331,7 @@ def head_out_norms(x: torch.Tensor, o, n_heads: int) -> torch.Tensor:
     sq = torch.einsum("bthk,hkl,bthl->bht", xh, G, xh)
     return sq.clamp_min(0).sqrt()
 
+# %% ../../nbs/attention/01_sinks.ipynb #5d25dcd2
 @contextlib.contextmanager
 def record(model):
     "Hook every decoder layer through the adapter (residual stream, values, o-projection input, attention and MLP deltas); yield a dict; hooks removed on exit."
@@ -284,7 +340,6 @@ def record(model):
     mult = ad.residual_multiplier
     rec = {k: [None] * L for k in ("resid", "v_norm", "head_out_norm", "mlp_out", "attn_out")}
     rec["embed"] = None
-    handles = []
     def embed_hook(mod, args, kwargs):
         rec["embed"] = (args[0] if args else kwargs["hidden_states"]).detach()
     def put(key, i, scale=1.0):
@@ -305,37 +360,19 @@ def record(model):
             parts.append((layer, ad.v_proj(i), ad.o_proj(i), ad.attn_delta(i), ad.mlp_delta(i)))
         except AttributeError as e:
             raise TokenlabError(f"{type(model).__name__} does not match the {ad.model_type!r} table entry in layer {i}: {e}") from None
-    try:
-        handles.append(ad.layer(0).register_forward_pre_hook(embed_hook, with_kwargs=True))
+    with forward_hooks() as hk:
+        hk.pre(ad.layer(0), embed_hook, with_kwargs=True)
         for i, (layer, v, o, attn_delta, mlp_delta) in enumerate(parts):
-            handles += [layer.register_forward_hook(put("resid", i)), v.register_forward_hook(v_hook(i)),
-                        o.register_forward_pre_hook(o_hook(i)), attn_delta.register_forward_hook(put("attn_out", i, mult)),
-                        mlp_delta.register_forward_hook(put("mlp_out", i, mult))]
+            hk.forward(layer, put("resid", i)); hk.forward(v, v_hook(i)); hk.pre(o, o_hook(i))
+            hk.forward(attn_delta, put("attn_out", i, mult)); hk.forward(mlp_delta, put("mlp_out", i, mult))
         yield rec
-    finally:
-        for h in handles: h.remove()
 
 record_llama = record
 
+# %% ../../nbs/attention/01_sinks.ipynb #ac670062
 ATTENTION_MODES = ("stats", "full", "none")
-_SOFTMAX_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 
-def _custom_attention(ad: Adapter) -> list[str]:
-    "Attention implementations of the language model that are not softmax kernels (e.g. tokenlab's ReLU attention)."
-    return sorted({c._attn_implementation for c in _lm_configs(ad, range(ad.n_layers)).values()} - set(_SOFTMAX_KERNELS))
-
-@contextlib.contextmanager
-def _eager_language_model(ad: Adapter):
-    "Switch the language model's attention to eager (for output_attentions) and back."
-    cfgs = _lm_configs(ad, range(ad.n_layers))
-    orig = {i: c._attn_implementation for i, c in cfgs.items()}
-    try:
-        for c in cfgs.values():
-            if c._attn_implementation in _SOFTMAX_KERNELS: c._attn_implementation = "eager"   # a custom function (ReLU attention) stays
-        yield
-    finally:
-        for i, c in cfgs.items(): c._attn_implementation = orig[i]
-
+# %% ../../nbs/attention/01_sinks.ipynb #5cbfe4e5
 def _model_inputs(ad: Adapter, ids, tokenizer) -> dict:
     if isinstance(ids, str):
         if not ids.strip(): raise TokenlabError("empty text: nothing to collect")
@@ -353,22 +390,24 @@ def _model_inputs(ad: Adapter, ids, tokenizer) -> dict:
     inputs["input_ids"] = x.long()
     return inputs
 
+# %% ../../nbs/attention/01_sinks.ipynb #3d5fc769
 @torch.no_grad()
 def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_elems: int = 1 << 18) -> SinkInputs:
     "Run `model` once on `ids` (ids `(B, T)`, text with `tokenizer`, or a dict of model inputs) and gather every metric input; `attention`: 'stats', 'full' or 'none'."
     attention = {True: "full", False: "none"}.get(attention, attention) if isinstance(attention, bool) else attention
     check_choice("attention mode", attention, ATTENTION_MODES)
     ad = _adapter(model)
-    custom = _custom_attention(ad)
+    impl = attention_implementation(ad)
+    custom = impl not in SOFTMAX_KERNELS                               # e.g. tokenlab's ReLU attention
     if custom and attention == "stats":
-        raise TokenlabError(f"attention statistics assume softmax; this model runs {', '.join(custom)}: use attention='full' or 'none'")
+        raise TokenlabError(f"attention statistics assume softmax; this model runs {impl}: use attention='full' or 'none'")
     inputs = _model_inputs(ad, ids, tokenizer)
     dev = next(model.parameters()).device
     inputs = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     was_training = model.training; model.eval()
     try:
         with contextlib.ExitStack() as stack:
-            if attention == "full": stack.enter_context(_eager_language_model(ad))
+            if attention == "full" and not custom: stack.enter_context(use_attention(ad, "eager"))
             rec = stack.enter_context(record(model))
             st = stack.enter_context(attention_stats(model, chunk_elems=chunk_elems)) if attention != "none" and not custom else None
             out = model(**inputs, **({"output_attentions": True} if attention == "full" else {}))
@@ -385,4 +424,32 @@ def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_e
         first = torch.stack([st.first_mass[l] for l in range(ad.n_layers)], 1)
     return SinkInputs(hidden=torch.stack([rec["embed"], *rec["resid"]], 1), attn=attn, v_norm=stack_("v_norm"),
                       head_out_norm=stack_("head_out_norm"), logits=out.logits, mlp_out=stack_("mlp_out"),
-                      attn_out=stack_("attn_out"), alpha=alpha, first_share=first, input_ids=inputs["input_ids"])
+                      attn_out=stack_("attn_out"), alpha=alpha, first_share=first, input_ids=inputs["input_ids"],
+                      final_norm=ad.final_norm, unembed=ad.unembed)
+
+# %% ../../nbs/attention/01_sinks.ipynb #b2b1ec8b
+def compute(name: str, si: SinkInputs, **params):
+    "Sink metric `name` on the inputs in `si` (chosen by its entry's `inputs`); `params` go to `inputs` where it takes them (e.g. `layer`), else to the metric."
+    e = SINK_METRICS.entry(name)
+    take = e.extra["inputs"]
+    own = list(inspect.signature(take).parameters)[1:]
+    return e.obj(**take(si, **{k: params.pop(k) for k in own if k in params}), **params)
+
+# %% ../../nbs/attention/01_sinks.ipynb #f005d0c5
+def check_result(name: str, result, si: SinkInputs):
+    "Check `result` of sink metric `name` against its entry's `returns` (over `si.dims`) and for non-finite values; one-line error otherwise."
+    want, dims = SINK_METRICS.entry(name).extra["returns"], si.dims
+    size = lambda expr: eval(expr, {"__builtins__": {}}, dims)
+    def fail(what): raise TokenlabError(f"sink metric {name!r} returned {what}; its entry says {want}")
+    if want == "float":
+        if not isinstance(result, float) or not math.isfinite(result): fail(repr(result))
+    elif want == "dict":
+        if not isinstance(result, dict) or not all(math.isfinite(v) for v in result.values() if isinstance(v, (int, float))): fail(repr(result))
+    elif want.startswith("DataFrame"):
+        n = size(re.fullmatch(r"DataFrame \((.+) rows\)", want).group(1))
+        if not isinstance(result, pd.DataFrame) or len(result) != n: fail(f"{type(result).__name__} of {len(result) if hasattr(result, '__len__') else '?'} rows")
+        if not np.isfinite(result.select_dtypes("number").to_numpy(dtype=float)).all(): fail("non-finite values")
+    else:
+        shape = tuple(size(x) for x in want.strip("()").split(",") if x.strip())
+        if not isinstance(result, torch.Tensor) or tuple(result.shape) != shape: fail(f"shape {tuple(getattr(result, 'shape', ()))}, not {shape}")
+        if result.is_floating_point() and not torch.isfinite(result).all(): fail("non-finite values")

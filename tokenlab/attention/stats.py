@@ -4,27 +4,22 @@
 
 # %% ../../nbs/attention/00_stats.ipynb #4a6abc21
 from __future__ import annotations
-import contextlib, sys
+import contextlib
 from typing import Iterable
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from ..lab.core import TokenlabError
 from ..models.arch import Adapter
+from ..models.hooks import AttentionCall, forward_hooks, observe, observers, use_attention
 
 # %% auto #0
-__all__ = ['STATS', 'FLOOR', 'STATS_IMPL', 'chunked_attention_stats', 'stats_sdpa_attention', 'stats_eager_attention',
-           'AttentionStats', 'attention_stats', 'collect_attention_stats', 'eager_reference', 'max_eager_error']
+__all__ = ['STATS', 'FLOOR', 'chunked_attention_stats', 'AttentionStats', 'attention_stats', 'collect_attention_stats',
+           'eager_reference', 'max_eager_error']
 
-# %% ../../nbs/attention/00_stats.ipynb #bb787cf4
-def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
-    "(first, one past the last) key that any query of this mask chunk may attend; (0, 1) if none."
-    nz = torch.nonzero(mask.reshape(-1, mask.shape[-1]).any(0))
-    return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 1)
-
+# %% ../../nbs/attention/00_stats.ipynb #5c5b3025
 STATS = ("column", "entropy", "first", "sets")
 FLOOR = -80.0            # s - max is floored here before exp: exp(-80) ~ 2e-35 is a normal float, see the prose
+
+# %% ../../nbs/attention/00_stats.ipynb #f400a1f1
 _SCRATCH: dict = {}      # device -> flat fp32 buffer for the scores and probabilities, reused across calls
 
 def _scratch(n: int, dev) -> torch.Tensor:
@@ -32,6 +27,12 @@ def _scratch(n: int, dev) -> torch.Tensor:
     if buf is None or buf.numel() < n: buf = _SCRATCH[dev] = torch.empty(n, device=dev)
     return buf[:n]
 
+def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
+    "(first, one past the last) key that any query of this mask chunk may attend; (0, 1) if none."
+    nz = torch.nonzero(mask.reshape(-1, mask.shape[-1]).any(0))
+    return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 1)
+
+# %% ../../nbs/attention/00_stats.ipynb #bb787cf4
 @torch.no_grad()
 def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None,
                             scaling: float | None = None, softcap: float | None = None, sliding_window: int | None = None,
@@ -135,59 +136,18 @@ def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_ma
     if value is not None: res["output"] = out.view(B, H, Q, Dv)
     return res
 
-# %% ../../nbs/attention/00_stats.ipynb #7e2eef29
-STATS_IMPL = {"sdpa": "tokenlab_stats", "eager": "tokenlab_stats_eager"}
-_ACTIVE: list = []
-
-def _observe(module, query, key, attention_mask, kw, value=None):
-    "Let every open recorder see this call; returns the attention output if one of them computed it (fused)."
-    out = None
-    for rec in _ACTIVE:
-        o = rec._observe(module, query, key, attention_mask, kw, value if out is None else None)
-        if o is not None: out = o
-    return out
-
-def _fusable(module, query, key, attention_mask, args, kw) -> bool:
-    "Plain causal self-attention with nothing else SDPA would apply: the only case the fused output takes."
-    is_causal = kw.get("is_causal")
-    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-    return (not args and attention_mask is None and is_causal is True and query.shape[2] == key.shape[2] > 1
-            and not (module.training and kw.get("dropout")) and all(kw.get(n) is None for n in
-            ("position_bias", "cache", "s_aux", "sinks", "sliding_window", "softcap")))
-
-def _module_eager(module):
-    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if fn is None: raise TokenlabError(f"{type(module).__name__} has no eager_attention_forward to run under tokenlab_stats_eager")
-    return fn
-
-def stats_sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    """`sdpa_attention_forward`, plus the statistics of the open `attention_stats` contexts; a context opened with
-    `output="fused"` returns the output of its own chunk pass instead (plain causal self-attention only)."""
-    fuse = _fusable(module, query, key, attention_mask, args, kwargs)
-    out = _observe(module, query, key, attention_mask, kwargs, value if fuse else None)
-    if out is not None: return out.transpose(1, 2).contiguous(), None
-    return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
-
-def stats_eager_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    "The architecture's own `eager_attention_forward`, plus the statistics of the open `attention_stats` contexts."
-    _observe(module, query, key, attention_mask, kwargs)
-    return _module_eager(module)(module, query, key, value, attention_mask, *args, **kwargs)
-
-AttentionInterface.register(STATS_IMPL["sdpa"], stats_sdpa_attention)
-AttentionMaskInterface.register(STATS_IMPL["sdpa"], sdpa_mask)
-AttentionInterface.register(STATS_IMPL["eager"], stats_eager_attention)
-AttentionMaskInterface.register(STATS_IMPL["eager"], eager_mask)
-
-# %% ../../nbs/attention/00_stats.ipynb #6aec5ff5
+# %% ../../nbs/attention/00_stats.ipynb #e22895ba
 def _token_ids(v) -> torch.Tensor | None:
+    "A token set's ids as a long tensor, or None if it is given as boolean positions; one-line error for non-integers."
     if isinstance(v, torch.Tensor) and v.dtype == torch.bool: return None
     ids = torch.as_tensor(list(v) if not isinstance(v, torch.Tensor) else v).flatten()
     if ids.numel() and ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise TokenlabError(f"token set ids must be integers, got {ids.dtype}")
     return ids.long()
 
+# %% ../../nbs/attention/00_stats.ipynb #6aec5ff5
 class AttentionStats:
-    "Statistics recorded by `attention_stats` (see the table above for names and shapes); dicts keyed by layer."
+    "Statistics recorded by `attention_stats` (see the table above for names and shapes); dicts keyed by layer. Also the observer that records them."
     def __init__(self, adapter: Adapter, layers: list[int], heads: list[int] | None, token_sets: dict, chunk_elems: int,
                  what: Iterable[str] = STATS, output: str = "fused"):
         self.adapter, self.layers, self.chunk_elems = adapter, layers, chunk_elems
@@ -195,9 +155,9 @@ class AttentionStats:
         self.heads = heads if heads is not None else list(range(adapter.n_heads))
         self._head_idx = None if heads is None else torch.tensor(heads)
         self.token_sets = token_sets
-        self._modules = {id(adapter.attn(l)): l for l in layers}
         self.column_mass, self.n_queries, self.entropy, self.first_per_query = {}, {}, {}, {}
         self.set_mass: dict[str, dict[int, torch.Tensor]] = {n: {} for n in token_sets}
+        self.kernels: dict[int, str] = {}                  # layer -> the implementation that computed its output
         self._positions: dict[str, torch.Tensor] = {}
         self._query_valid: torch.Tensor | None = None
         self.n_forward = 0
@@ -218,9 +178,9 @@ class AttentionStats:
                 pos = torch.isin(input_ids, ids.to(input_ids.device))
             self._positions[name] = pos
 
-    def _observe(self, module, query, key, attention_mask, kw, value=None):
-        layer = self._modules.get(id(module))
-        if layer is None: return None
+    def __call__(self, call: AttentionCall):
+        "The observer: record the statistics of `call`'s layer; return the attention output where it is fused (see the prose)."
+        layer, query, key, attention_mask, kw = call.layer, call.query, call.key, call.attention_mask, call.kwargs
         if layer in self.n_queries: raise TokenlabError(f"layer {layer} attended twice: attention_stats records one forward pass; open a new context for the next")
         if self._head_idx is not None:
             g = query.shape[1] // key.shape[1]
@@ -231,21 +191,21 @@ class AttentionStats:
         K = key.shape[2]
         sets = {n: p[:, -K:] if p.shape[1] >= K else torch.nn.functional.pad(p, (K - p.shape[1], 0))
                 for n, p in self._positions.items()}
-        is_causal = kw.get("is_causal")
-        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         Q = query.shape[2]
         qmask = None if self._query_valid is None else self._query_valid[:, -Q:]
-        fuse = value is not None and self.output == "fused" and self._head_idx is None and qmask is None
-        r = chunked_attention_stats(query, key, attention_mask, kw.get("scaling"), kw.get("softcap"), None, is_causal,
-                                    sets, qmask, self.chunk_elems, value=value if fuse else None, what=self.what)
+        fuse = (self.output == "fused" and call.inner == "sdpa" and call.output is None and call.plain_causal
+                and self._head_idx is None and qmask is None)
+        r = chunked_attention_stats(query, key, attention_mask, kw.get("scaling"), kw.get("softcap"), None, call.is_causal,
+                                    sets, qmask, self.chunk_elems, value=call.value if fuse else None, what=self.what)
         self.n_queries[layer] = r["n_queries"]
         if "column" in self.what: self.column_mass[layer] = r["column_mass"]
         if "entropy" in self.what: self.entropy[layer] = r["entropy"]
         if "first" in self.what: self.first_per_query[layer] = r["first"]
         for n, v in r["sets"].items(): self.set_mass[n][layer] = v
+        self.kernels[layer] = "chunk pass" if fuse else call.inner
         if not fuse: return None
         self.fused_layers.append(layer)
-        return r["output"].to(query.dtype)
+        return r["output"].to(query.dtype).transpose(1, 2).contiguous(), None
 
     @property
     def column_mean(self) -> dict[int, torch.Tensor]:
@@ -273,12 +233,8 @@ class AttentionStats:
                     rows.append({"batch": b, "layer": l, "head": h, **{c: float(v[b, j]) for c, v in cols.items()}})
         return pd.DataFrame(rows)
 
-def _lm_configs(ad: Adapter, layers) -> dict:
-    cfgs = {}
-    for l in layers:
-        c = getattr(ad.attn(l), "config", None) or ad.config
-        cfgs[id(c)] = c
-    return cfgs
+# %% ../../nbs/attention/00_stats.ipynb #7e2eef29
+_OPEN: list = []     # the recorders of the open contexts; the scratch buffer is freed when the last one closes
 
 @contextlib.contextmanager
 def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None,
@@ -286,9 +242,9 @@ def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[
                     output: str = "fused"):
     """Record attention statistics of the next forward pass of `model` for `layers` (default all) and `heads`
     (default all); `token_sets`: name -> token ids or (N,) / (B, N) bool positions; `what`: which of `STATS` to
-    compute; `output`: "fused" (default: in layers with plain causal self-attention and all heads recorded, the
-    chunk pass computes the attention output too and SDPA is skipped) or "sdpa" (the model's kernel always computes
-    the output; the statistics are a side computation). Yields an `AttentionStats`."""
+    compute; `output`: "fused" (default: in layers with plain causal self-attention under SDPA and all heads
+    recorded, the chunk pass computes the attention output too and SDPA is skipped) or "sdpa" (the model's kernel
+    always computes the output; the statistics are a side computation). Yields an `AttentionStats`."""
     ad = Adapter(model)
     layers = list(range(ad.n_layers)) if layers is None else [ad.layer_index(l) for l in layers]
     if not layers: raise TokenlabError("no layers asked; give at least one layer index or None for all")
@@ -319,22 +275,16 @@ def attention_stats(model, layers: Iterable[int] | None = None, heads: Iterable[
         st._prepare(ids if ids is not None and ids.dim() == 2 else (ids[None] if ids is not None else None), n, x.shape[0])
         st.n_forward += 1
 
-    cfgs = _lm_configs(ad, layers)
-    orig = {i: c._attn_implementation for i, c in cfgs.items()}
-    hook = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    ok = False
+    _OPEN.append(st)
     try:
-        for i, c in cfgs.items(): c._attn_implementation = STATS_IMPL["eager" if orig[i] == "eager" else "sdpa"]
-        _ACTIVE.append(st)
-        yield st
-        ok = True
+        with forward_hooks() as hk, observe(ad, st, layers):
+            hk.pre(model, pre_hook, with_kwargs=True)
+            yield st
     finally:
-        for i, c in cfgs.items(): c._attn_implementation = orig[i]
-        hook.remove()
-        if st in _ACTIVE: _ACTIVE.remove(st)
-        if not _ACTIVE: _SCRATCH.clear()
+        _OPEN.remove(st)
+        if not _OPEN: _SCRATCH.clear()
     missing = [l for l in layers if l not in st.n_queries]
-    if ok and st.n_forward and missing:
+    if st.n_forward and missing:
         raise TokenlabError(f"layers {missing} were never seen: {ad.model_type} attention does not route through transformers' AttentionInterface")
 
 # %% ../../nbs/attention/00_stats.ipynb #0fa89cd6
@@ -363,14 +313,7 @@ def collect_attention_stats(model, inputs, tokenizer=None, layers=None, heads=No
 # %% ../../nbs/attention/00_stats.ipynb #0326999d
 def eager_reference(model, inputs: dict, token_sets: dict | None = None) -> dict:
     "Statistics from eager `output_attentions=True` (the O(L H N^2) way), for tests: {layer: dict of tensors}."
-    ad = Adapter(model)
-    cfgs = _lm_configs(ad, range(ad.n_layers))
-    orig = {i: c._attn_implementation for i, c in cfgs.items()}
-    try:
-        for c in cfgs.values(): c._attn_implementation = "eager"
-        with torch.no_grad(): out = model(**inputs, output_attentions=True)
-    finally:
-        for i, c in cfgs.items(): c._attn_implementation = orig[i]
+    with use_attention(model, "eager"), torch.no_grad(): out = model(**inputs, output_attentions=True)
     ids = inputs.get("input_ids")
     ref = {}
     for l, A in enumerate(out.attentions):
@@ -382,6 +325,7 @@ def eager_reference(model, inputs: dict, token_sets: dict | None = None) -> dict
         ref[l] = r
     return ref
 
+# %% ../../nbs/attention/00_stats.ipynb #5bec7a4a
 def max_eager_error(model, inputs: dict, token_sets: dict | None = None, output: str = "sdpa") -> float:
     "Largest absolute difference between our statistics (under the model's own implementation) and eager ones, logits included."
     ref = eager_reference(model, inputs, token_sets)

@@ -11,5 +11,7 @@ __getattr__, __dir__ = lazy_exports("tokenlab.models", {
     "arch": ["MODELS", "ModelSpec", "Adapter", "model_spec", "hidden_of"],
     "loading": ["load_model", "load_tokenizer"],
     "tiny": ["TINY_TYPES", "tiny_config", "tiny_model", "tiny_inputs", "check_adapter"],
+    "hooks": ["observe", "observers", "AttentionCall", "use_attention", "set_attention", "attention_implementation",
+              "forward_hooks", "register_attention", "attention_name"],
     "trainer": ["tiny_llama", "train_lm", "sequence_nll", "cached"],
 })
