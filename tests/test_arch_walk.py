@@ -125,3 +125,12 @@ def test_refused_reasons_are_listed_types_only():
     assert not set(REFUSED) & set(MODELS)
     from transformers import CONFIG_MAPPING
     assert set(REFUSED) <= set(CONFIG_MAPPING)
+
+
+def test_collect_refuses_layers_that_differ_from_their_row(monkeypatch):
+    "A Gemma-2 checkpoint read with a plain pre-norm row (its post-norms ignored) would give wrong updates: refused."
+    m = tiny_model("gemma2", seed=3)
+    monkeypatch.setitem(MODELS._entries, "gemma2", dataclasses.replace(MODELS.entry("gemma2"), obj=MODELS["llama"]))
+    with pytest.raises(TokenlabError, match=r"do not add up to the residual update in layer \d") as e:
+        collect(m, torch.randint(1, 100, (1, 12)))
+    assert "\n" not in str(e.value)

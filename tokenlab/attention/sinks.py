@@ -21,7 +21,7 @@ __all__ = ['SINK_METRICS', 'record_llama', 'ATTENTION_MODES', 'register_sink_met
            'first_token_share', 'value_drain', 'residual_peak', 'massive_activations', 'sink_token_similarity',
            'channel_overlap', 'massive_origin', 'head_activity', 'dormant_by_domain', 'logit_lens_ranks', 'linearity',
            'token_nonlinearity', 'layer_linearity', 'SinkInputs', 'llama_parts', 'value_heads', 'o_weight',
-           'head_out_norms', 'record', 'collect', 'compute', 'check_result']
+           'head_out_norms', 'record', 'check_decomposition', 'collect', 'compute', 'check_result']
 
 # %% ../../nbs/attention/01_sinks.ipynb #1afe53a9
 SINK_METRICS = Registry("sink metric", "sink and activation metrics over tensors; each entry's `inputs` picks its arguments from a `SinkInputs`")
@@ -390,6 +390,19 @@ def _model_inputs(ad: Adapter, ids, tokenizer) -> dict:
     inputs["input_ids"] = x.long()
     return inputs
 
+# %% ../../nbs/attention/01_sinks.ipynb #6aec2d17
+def check_decomposition(hidden: torch.Tensor, attn_out: torch.Tensor, mlp_out: torch.Tensor, what: str = "model"):
+    "One-line error unless attention and MLP updates `(B, L, T, d)` add up to the residual updates of `hidden` `(B, L+1, T, d)`."
+    h, a, m = hidden.float(), attn_out.float(), mlp_out.float()
+    eps = torch.finfo(hidden.dtype).eps if hidden.is_floating_point() else 0.0
+    miss = (h[:, 1:] - h[:, :-1] - a - m).abs()
+    scale = h[:, 1:].abs() + h[:, :-1].abs() + a.abs() + m.abs()
+    bad = (miss > 8 * eps * scale + 1e-6).float().mean(dim=(0, 2, 3))            # share of elements missing, per layer
+    if bool((bad > 0.01).any()):
+        l = int(bad.argmax())
+        raise TokenlabError(f"{what}: attention and MLP updates do not add up to the residual update in layer {l} "
+                            f"({bad[l]:.0%} of elements off); this checkpoint's layers differ from its table entry")
+
 # %% ../../nbs/attention/01_sinks.ipynb #3d5fc769
 @torch.no_grad()
 def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_elems: int = 1 << 18) -> SinkInputs:
@@ -413,6 +426,8 @@ def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_e
             out = model(**inputs, **({"output_attentions": True} if attention == "full" else {}))
     finally: model.train(was_training)
     stack_ = lambda key: torch.stack(rec[key], 1)
+    hidden, attn_out, mlp_out = torch.stack([rec["embed"], *rec["resid"]], 1), stack_("attn_out"), stack_("mlp_out")
+    check_decomposition(hidden, attn_out, mlp_out, ad.model_type)
     attn = alpha = first = None
     if attention == "full":
         if not out.attentions or any(a is None for a in out.attentions):
@@ -422,9 +437,9 @@ def collect(model, ids, attention: str | bool = "stats", tokenizer=None, chunk_e
     if st is not None:
         alpha = torch.stack([st.column_mean[l] for l in range(ad.n_layers)], 1)
         first = torch.stack([st.first_mass[l] for l in range(ad.n_layers)], 1)
-    return SinkInputs(hidden=torch.stack([rec["embed"], *rec["resid"]], 1), attn=attn, v_norm=stack_("v_norm"),
-                      head_out_norm=stack_("head_out_norm"), logits=out.logits, mlp_out=stack_("mlp_out"),
-                      attn_out=stack_("attn_out"), alpha=alpha, first_share=first, input_ids=inputs["input_ids"],
+    return SinkInputs(hidden=hidden, attn=attn, v_norm=stack_("v_norm"),
+                      head_out_norm=stack_("head_out_norm"), logits=out.logits, mlp_out=mlp_out,
+                      attn_out=attn_out, alpha=alpha, first_share=first, input_ids=inputs["input_ids"],
                       final_norm=ad.final_norm, unembed=ad.unembed)
 
 # %% ../../nbs/attention/01_sinks.ipynb #b2b1ec8b
