@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 import regex
-from ..lab.core import TokenlabError, check_choice, atomic_write_text
+from ..lab.core import TokenlabError, atomic_write_text
+from ..lab.registry import Registry
 from .backends import Tokenizer, byte_to_unicode, unicode_to_byte
 
 # %% auto #0
@@ -68,12 +69,16 @@ class BPEState:
     merges: list = field(default_factory=list)      # (a, b, new id), in order
     scaffold: set = field(default_factory=set)
 
+VARIANTS = Registry("BPE variant", "Training rules of byte-level BPE: what happens after a merge, what counts towards the budget.")
+
+@VARIANTS.register(paper="Sennrich et al. 2016 (BPE)")
 class Variant:
     "Plain BPE: every token counts towards the budget; nothing happens after a merge."
     name = "bpe"
     def after_merge(self, st: BPEState, pair: tuple[int, int], new: int, head_count: int) -> None: pass
     def budget(self, st: BPEState) -> int: return len(st.vocab)
 
+@VARIANTS.register(paper="Lian et al. 2024 (Scaffold-BPE)")
 class Scaffold(Variant):
     "Scaffold-BPE: flag merge components rarer than the next merge's count; they do not count."
     name = "scaffold"
@@ -82,8 +87,6 @@ class Scaffold(Variant):
         for t in set(pair):
             if t >= st.n_fixed and st.freq[t] < head_count: st.scaffold.add(t)
     def budget(self, st): return len(st.vocab) - len(st.scaffold)
-
-VARIANTS = {"bpe": Variant, "scaffold": Scaffold}
 
 # %% ../../nbs/tokenizers/05_bpe.ipynb #62c99d01
 def _merge_word(w: list[int], a: int, b: int, new: int) -> list[int]:
@@ -138,7 +141,7 @@ def train_bpe(texts: Iterable[str] | Counter, vocab_size: int, variant: str = "b
               special_tokens: Sequence[str] = (), progress: bool = True) -> "ResearchBPE":
     "Learn byte-level BPE merges until the variant's budget reaches `vocab_size`."
     from tqdm.auto import tqdm
-    var = VARIANTS[check_choice("BPE variant", variant, VARIANTS)]()
+    var = VARIANTS[variant]()
     counts = texts if isinstance(texts, Counter) else pretokenize_counts([texts] if isinstance(texts, str) else texts)
     if not any(w.strip() for w in counts): raise TokenlabError("cannot train BPE on an empty corpus (no non-whitespace text)")
     if vocab_size <= 256 + len(special_tokens): raise TokenlabError(f"vocab_size {vocab_size} must exceed 256 bytes + {len(special_tokens)} special tokens")
