@@ -14,7 +14,7 @@ from .core import (TokenlabError, check_choice, figures_dir, atomic_path, atomic
 
 # %% auto #0
 __all__ = ['VERDICTS', 'PACKAGES', 'seed_everything', 'init', 'context', 'report_path', 'manifest_path', 'git_state',
-           'package_versions', 'read_manifest', 'render_report', 'savefig', 'save_table', 'claim']
+           'package_versions', 'read_manifest', 'md_cell', 'render_report', 'savefig', 'save_table', 'claim']
 
 # %% ../../nbs/lab/04_results.ipynb #33beea0b
 VERDICTS = ("holds", "direction only", "not reproduced", "reversed", "inconclusive")   # inconclusive: the run could not decide (e.g. nothing was learned)
@@ -116,7 +116,9 @@ def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
     return entry
 
 # %% ../../nbs/lab/04_results.ipynb #1be1208a
-def _cell(x) -> str: return str(x).replace("|", "\\|").replace("\n", " ")
+def md_cell(x) -> str:
+    "`x` as the text of one Markdown table cell: `|` escaped, newlines as spaces."
+    return str(x).replace("|", "\\|").replace("\n", " ")
 
 def render_report(man: dict) -> str:
     "REPORT.md text from a manifest: claims table, then figures and tables with captions (relative links)."
@@ -129,8 +131,8 @@ def render_report(man: dict) -> str:
     lines += ["## Claims", ""]
     if claims:
         lines += ["| paper / source | claim | expected | our measurement | verdict |", "|---|---|---|---|---|"]
-        lines += [f"| {_cell(c['source'])} | {_cell(c['statement'])} | {_cell(c['expected'])} | "
-                  f"{_cell(c['measured'])} | **{c['verdict']}** |" for c in claims]
+        lines += [f"| {md_cell(c['source'])} | {md_cell(c['statement'])} | {md_cell(c['expected'])} | "
+                  f"{md_cell(c['measured'])} | **{c['verdict']}** |" for c in claims]
     else: lines.append("No claims recorded yet.")
     for kind, title in (("figure", "Figures"), ("table", "Tables")):
         items = [o for o in outs if o["kind"] == kind]
@@ -139,7 +141,7 @@ def render_report(man: dict) -> str:
         for o in items:
             links = " · ".join(f"[{Path(f['path']).suffix[1:].upper()}]({f['path']})" for f in o["files"])
             lines += ["", f"### `{o['id']}`", "", o["caption"], ""]
-            if kind == "figure": lines.append(f"![{_cell(o['caption'])}]({o['files'][0]['path']})")
+            if kind == "figure": lines.append(f"![{md_cell(o['caption'])}]({o['files'][0]['path']})")
             lines.append(f"{links} · notebook `{o['notebook']}`")
     return "\n".join(lines) + "\n"
 

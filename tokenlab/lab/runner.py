@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 from .core import TokenlabError, check_choice, repo_root, atomic_write_text, sha256_file, figures_dir
+from .results import md_cell
 
 # %% auto #0
 __all__ = ['STANDARD_PROFILES', 'KERNEL_START_TIMEOUT_S', 'THREAD_VARS', 'experiments_dir', 'runs_dir', 'list_notebooks',
@@ -223,12 +224,10 @@ def _fmt_params(label: dict) -> str:
 def summary_markdown(results: list[dict], profile: str, wall: float) -> str:
     "The summary table (Markdown) and the wall-time line."
     from tabulate import tabulate
-    rows = [[r["name"], r.get("params", "-"), r["status"], f"{r['seconds']:.1f}", _cell(r.get("error") or "")]
+    rows = [[r["name"], r.get("params", "-"), r["status"], f"{r['seconds']:.1f}", md_cell(r.get("error") or "")]
             for r in results]
     table = tabulate(rows, ["notebook", "parameters", "status", "seconds", "error"], tablefmt="pipe")
     return f"{table}\n\n{wall_line(results, profile, wall)}\n"
-
-def _cell(s: str) -> str: return s.replace("|", "\\|").replace("\n", " ")
 
 def wall_line(results: list[dict], profile: str, wall: float) -> str:
     "`smoke profile: 2 notebooks in 73.2 s` (+ failures / skipped)."

@@ -12,11 +12,11 @@ from typing import Iterable, Sequence
 import regex
 from ..lab.core import TokenlabError, atomic_write_text
 from ..lab.registry import Registry
-from .backends import Tokenizer, byte_to_unicode, unicode_to_byte
+from .backends import Tokenizer, byte_to_unicode, check_texts, unicode_to_byte
 
 # %% auto #0
 __all__ = ['BPE_SPLIT', 'VARIANTS', 'pretokenize_counts', 'byte_order', 'merge_parts', 'read_hf_bpe', 'BPEState', 'Variant',
-           'Scaffold', 'train_bpe', 'ResearchBPE', 'load_bpe']
+           'Scaffold', 'apply_merge', 'next_pair', 'init_state', 'train_bpe', 'ResearchBPE', 'load_bpe']
 
 # %% ../../nbs/tokenizers/05_bpe.ipynb #bad1b715
 BPE_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""   # HF ByteLevel(use_regex=True)
@@ -97,7 +97,7 @@ def _merge_word(w: list[int], a: int, b: int, new: int) -> list[int]:
         else: out.append(w[i]); i += 1
     return out
 
-def _apply(st: BPEState, a: int, b: int, new: int) -> dict:
+def apply_merge(st: BPEState, a: int, b: int, new: int) -> dict:
     "Merge (a, b) in every word containing it; update pairs, index and frequencies; return count changes."
     delta = defaultdict(int)
     for wi in st.where.pop((a, b), ()):
@@ -115,7 +115,7 @@ def _apply(st: BPEState, a: int, b: int, new: int) -> dict:
         if d: st.pairs[p] += d
     return delta
 
-def _head(st: BPEState) -> tuple[int, int, int] | None:
+def next_pair(st: BPEState) -> tuple[int, int, int] | None:
     "The next pair to merge (count, a, b), fixing stale heap entries on the way; None if the heap is empty."
     while st.heap:
         negc, a, b = st.heap[0]
@@ -124,7 +124,8 @@ def _head(st: BPEState) -> tuple[int, int, int] | None:
         heapq.heapreplace(st.heap, (-cur, a, b))
     return None
 
-def _init_state(counts: Counter, special_tokens: Sequence[str]) -> BPEState:
+def init_state(counts: Counter, special_tokens: Sequence[str]) -> BPEState:
+    "The state before the first merge: specials and bytes as the vocabulary, every pair counted and indexed, the heap built."
     vocab = [s.encode("utf-8") for s in special_tokens] + [bytes([b]) for b in byte_order()]
     sid = {v: i for i, v in enumerate(vocab)}
     words = [[sid[bytes([x])] for x in w] for w in counts]
@@ -145,11 +146,11 @@ def train_bpe(texts: Iterable[str] | Counter, vocab_size: int, variant: str = "b
     counts = texts if isinstance(texts, Counter) else pretokenize_counts([texts] if isinstance(texts, str) else texts)
     if not any(w.strip() for w in counts): raise TokenlabError("cannot train BPE on an empty corpus (no non-whitespace text)")
     if vocab_size <= 256 + len(special_tokens): raise TokenlabError(f"vocab_size {vocab_size} must exceed 256 bytes + {len(special_tokens)} special tokens")
-    st = _init_state(counts, special_tokens)
+    st = init_state(counts, special_tokens)
     ids = {v: i for i, v in enumerate(st.vocab)}
     bar = tqdm(total=vocab_size - var.budget(st), desc=f"{variant} merges", disable=not progress, leave=False)
     while var.budget(st) < vocab_size:
-        head = _head(st)
+        head = next_pair(st)
         if head is None: break
         count, a, b = head
         if count < 1 or count < min_frequency: break
@@ -160,9 +161,9 @@ def train_bpe(texts: Iterable[str] | Counter, vocab_size: int, variant: str = "b
             new = ids[tok] = len(st.vocab); st.vocab.append(tok); st.freq.append(0)
         st.merges.append((a, b, new))
         before = var.budget(st)
-        for p, d in _apply(st, a, b, new).items():
+        for p, d in apply_merge(st, a, b, new).items():
             if d > 0: heapq.heappush(st.heap, (-st.pairs[p], *p))
-        nxt = _head(st)
+        nxt = next_pair(st)
         var.after_merge(st, (a, b), new, nxt[0] if nxt else 0)
         bar.update(var.budget(st) - before)
     bar.close()
@@ -190,22 +191,22 @@ class ResearchBPE(Tokenizer):
     def _bpe(self, piece: bytes) -> list[int]:
         return [self.ids[p] for p in merge_parts(piece, lambda a, b: self.rank.get((a, b)))]
 
-    def _split(self, t: int) -> list[int]:
+    def split_scaffold(self, t: int) -> list[int]:
+        "`[t]`, or the ids a scaffold token splits into (recursively, along the merges that built it)."
         if t not in self.scaffold: return [t]
         a, b = self.parts[t]
-        return self._split(a) + self._split(b)
+        return self.split_scaffold(a) + self.split_scaffold(b)
 
     def encode_piece(self, piece: bytes, scaffold_split: bool = True) -> list[int]:
         "Ids of one pre-token (merges by rank, then scaffold tokens split)."
         key = (piece, scaffold_split)
         if key not in self._cache:
             ids = self._bpe(piece)
-            self._cache[key] = [x for t in ids for x in self._split(t)] if scaffold_split and self.scaffold else ids
+            self._cache[key] = [x for t in ids for x in self.split_scaffold(t)] if scaffold_split and self.scaffold else ids
         return self._cache[key]
 
     def encode_batch(self, texts):
-        from tokenlab.tokenizers.backends import _check_texts
-        return [[i for p in self._pat.findall(t) for i in self.encode_piece(p.encode("utf-8"))] for t in _check_texts(texts)]
+        return [[i for p in self._pat.findall(t) for i in self.encode_piece(p.encode("utf-8"))] for t in check_texts(texts)]
 
     def decode(self, ids): return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
     def token_bytes(self, id): return self.vocab[self._check_id(id)]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from ..lab.core import TokenlabError
-from .backends import Tokenizer
+from .backends import Tokenizer, HFTokenizer
 
 # %% auto #0
 __all__ = ['MPETokenizer', 'learn_mpe_vocab', 'mpe_valid', 'bpe_valid', 'next_byte_probs', 'naive_next_byte_probs',
@@ -148,7 +148,7 @@ def kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
 def safe_boundary(tok: Tokenizer, text: str) -> tuple[list[int], bytes]:
     "(ids of the text before the last pre-token, bytes of the last pre-token) for a tokenizer with a pre-tokenizer."
     if not text: raise TokenlabError("the prompt is empty")
-    pre = getattr(getattr(tok, "_tok", None), "pre_tokenizer", None)
+    pre = tok.to_hf().pre_tokenizer if isinstance(tok, HFTokenizer) else None
     if pre is not None: start = pre.pre_tokenize_str(text)[-1][1][0]
     else:
         import regex

@@ -34,8 +34,8 @@ class BPEVocab:
         self.bytes_of = {i: b for b, i in self.ids.items()}
 
 def _tiktoken_vocab(tok: TiktokenTokenizer) -> BPEVocab:
-    ranks, off = tok.encoding._mergeable_ranks, tok.offset
-    pat = regex.compile(tok.encoding._pat_str)
+    ranks, off = tok.ranks, tok.offset
+    pat = regex.compile(tok.pattern)
     return BPEVocab(tok.name, {b: r + off for b, r in ranks.items()}, lambda a, b: ranks.get(a + b),
                     lambda text: [m.encode("utf-8") for m in pat.findall(text)], ignore_merges=True)
 

@@ -22,8 +22,8 @@ CATEGORIES = ("special", "byte", "partial_utf8", "unreachable", "normal", "no_to
 def special_ids(tok: Tokenizer) -> set[int]:
     "Ids of control/added tokens of `tok` (never produced by ordinary encoding)."
     if isinstance(tok, TiktokenTokenizer):
-        return set(range(tok.offset)) | {i + tok.offset for i in tok.encoding._special_tokens.values()}
-    if isinstance(tok, HFTokenizer): return {i for i in tok._added if i < tok.vocab_size}
+        return set(range(tok.offset)) | {i + tok.offset for i in tok.special_tokens.values()}
+    if isinstance(tok, HFTokenizer): return {i for i in tok.added_tokens if i < tok.vocab_size}
     if isinstance(tok, SentencePieceTokenizer):
         sp = tok.sp
         return {i for i in range(tok.vocab_size) if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)}
