@@ -14,7 +14,7 @@ from ..lab.assets import asset_path
 # %% auto #0
 __all__ = ['R50K_PAT', 'CL100K_PAT', 'O200K_PAT', 'GPT2_PAT', 'TIKTOKEN_PATTERNS', 'TEKKEN_SPECIALS', 'UTF8_BYTES', 'check_texts',
            'Tokenizer', 'byte_to_unicode', 'unicode_to_byte', 'BytesTokenizer', 'CharsTokenizer', 'read_tiktoken_file',
-           'read_js_tiktoken', 'TiktokenTokenizer', 'tiktoken_encoding', 'load_tekken', 'HFTokenizer',
+           'read_js_tiktoken', 'tiktoken_encoding', 'TiktokenTokenizer', 'load_tekken', 'HFTokenizer',
            'SentencePieceTokenizer']
 
 # %% ../../nbs/tokenizers/00_backends.ipynb #1f3c548f
@@ -26,6 +26,7 @@ def check_texts(texts) -> list[str]:
         if not isinstance(t, str): raise TokenlabError(f"can only tokenize str, got {type(t).__name__}")
     return texts
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #82ea3fc8
 class Tokenizer:
     "Common interface: ids without BOS/specials, batch paths, token bytes."
     name: str = ""; family: str = ""; backend: str = ""
@@ -60,7 +61,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, family={self.family!r}, vocab_size={self.vocab_size})"
 
-# %% ../../nbs/tokenizers/00_backends.ipynb #cb04654a
+# %% ../../nbs/tokenizers/00_backends.ipynb #430cbbe7
 @functools.cache
 def byte_to_unicode() -> dict[int, str]:
     "GPT-2's map from a byte to the printable character that byte-level BPE vocabularies use for it."
@@ -70,11 +71,13 @@ def byte_to_unicode() -> dict[int, str]:
         if b not in bs: bs.append(b); cs.append(256 + n); n += 1
     return {b: chr(c) for b, c in zip(bs, cs)}
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #1d315b65
 @functools.cache
 def unicode_to_byte() -> dict[str, int]:
     "Inverse of `byte_to_unicode`."
     return {c: b for b, c in byte_to_unicode().items()}
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #5e192e43
 class BytesTokenizer(Tokenizer):
     "One token per UTF-8 byte: id = byte value."
     family, backend, vocab_size, byte_level = "bytes", "python", 256, True
@@ -92,6 +95,7 @@ class BytesTokenizer(Tokenizer):
         t.decoder = decoders.ByteLevel()
         return t
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #7322cfef
 class CharsTokenizer(Tokenizer):
     "One token per Unicode code point: id = code point."
     family, backend, vocab_size, byte_level = "chars", "python", 0x110000, False
@@ -112,6 +116,7 @@ O200K_PAT = "|".join([
 GPT2_PAT = R50K_PAT
 TIKTOKEN_PATTERNS = {"r50k_base": R50K_PAT, "gpt2": R50K_PAT, "p50k_base": R50K_PAT, "cl100k_base": CL100K_PAT, "o200k_base": O200K_PAT}
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #3970be67
 def read_tiktoken_file(path: Path | str) -> dict[bytes, int]:
     "Ranks of a `.tiktoken` file (lines `base64 rank`)."
     out = {}
@@ -121,6 +126,7 @@ def read_tiktoken_file(path: Path | str) -> dict[bytes, int]:
             out[base64.b64decode(tok)] = int(rank)
     return out
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #e51aba47
 def read_js_tiktoken(path: Path | str) -> tuple[dict[bytes, int], dict[str, int]]:
     "Ranks and special tokens of a js-tiktoken `dist/ranks/*.js` file."
     src = Path(path).read_text(encoding="utf-8")
@@ -146,6 +152,13 @@ def _threaded(f: Callable, texts: list[str], n: int | None = None) -> list:
     for k, p in enumerate(parts): out[k::n] = p
     return out
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #8b7d6f08
+def tiktoken_encoding(name: str, ranks: dict[bytes, int], pat_str: str, specials: dict[str, int] | None = None):
+    "A `tiktoken.Encoding` from ranks (no network)."
+    import tiktoken
+    return tiktoken.Encoding(name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials or {})
+
+# %% ../../nbs/tokenizers/00_backends.ipynb #5c57b517
 class TiktokenTokenizer(Tokenizer):
     "A `tiktoken.Encoding`; ids shifted by `offset` (tekken keeps its control tokens below the ranks)."
     backend, byte_level = "tiktoken", True
@@ -195,11 +208,6 @@ class TiktokenTokenizer(Tokenizer):
         try: return TikTokenConverter(vocab_file=f.name, pattern=self.pattern).converted()
         finally: os.unlink(f.name)
 
-def tiktoken_encoding(name: str, ranks: dict[bytes, int], pat_str: str, specials: dict[str, int] | None = None):
-    "A `tiktoken.Encoding` from ranks (no network)."
-    import tiktoken
-    return tiktoken.Encoding(name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials or {})
-
 # %% ../../nbs/tokenizers/00_backends.ipynb #8d4eca67
 TEKKEN_SPECIALS = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]"}
 
@@ -216,6 +224,7 @@ def load_tekken(path: Path | str, name: str = "tekken") -> TiktokenTokenizer:
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 UTF8_BYTES = frozenset(b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5)   # bytes valid UTF-8 can contain
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #c5614c8e
 def _has_byte_alphabet(tok) -> bool:
     return any("ByteLevel" in repr(x) for x in (tok.pre_tokenizer, tok.decoder) if x is not None)
 

@@ -45,6 +45,7 @@ def default_categories(max_bytes: int = 2_000_000) -> dict[str, str]:
     for s in ("Latin", "Cyrillic", "Arabic", "Devanagari", "Han"): cats[f"udhr-{s.lower()}"] = _udhr_script(s)
     return {k: v[:max_bytes] for k, v in cats.items()}
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #f7a0a7c7
 def split_category(text: str, sample_frac: float = 0.3, block: int = 2000) -> tuple[str, str]:
     "(training pool, count sample): alternating blocks of ~`block` characters, `sample_frac` of them to the sample."
     blocks, cur, n = [], [], 0
@@ -58,6 +59,7 @@ def split_category(text: str, sample_frac: float = 0.3, block: int = 2000) -> tu
     if not pool or not sample: raise TokenlabError("category text too short to split into a training pool and a count sample")
     return "\n".join(pool), "\n".join(sample)
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #3b40a1d8
 def mixture_corpus(pools: Mapping[str, str], weights: Mapping[str, float], total_bytes: int, seed: int = 0) -> list[str]:
     "Training texts with `weights[c] * total_bytes` characters of each category pool (a random contiguous window)."
     rng = np.random.default_rng(seed)
@@ -80,6 +82,7 @@ def merges_from_ranks(ranks: Mapping[bytes, int], n: int, start: int = 0) -> lis
         out.append((parts[0], parts[1]))
     return out
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #c96b66f5
 def merge_list(tok: Tokenizer | str, n: int = 1000, start: int = 0) -> list[tuple[bytes, bytes]]:
     "Merges `start..start+n` of a byte-level BPE tokenizer, as byte pairs in order."
     tok = load_tokenizer(tok) if isinstance(tok, str) else tok
@@ -95,6 +98,7 @@ def word_counts_of(text: str, vocab) -> Counter:
     for line in text.split("\n"): c.update(vocab.pretokenize(line + "\n"))
     return c
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #da997c47
 def _top_pairs(st: BPEState, k: int) -> list[tuple[int, int, int]]:
     "The `k` most frequent pairs (count, a, b) with a positive count; the heap is left as it was found (stale entries fixed)."
     top, seen = [], set()
@@ -159,6 +163,7 @@ def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_ad
         active |= {(t, p) for _, t, p in sorted(viol, reverse=True)[: k_add * T]}
     return alpha, info
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #449c1bfb
 def infer_mixture(tok: Tokenizer | str, samples: Mapping[str, str], n_merges: int = 1000, start: int = 0,
                   pool: int = 30, **lp) -> tuple[pd.Series, dict]:
     "Estimated mixture (category -> share) of `tok`'s training data from its first merges, with solver info."

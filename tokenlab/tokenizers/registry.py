@@ -30,15 +30,18 @@ GGUF_VOCABS = {  # vocab -> licence note (all reproduce llama.cpp's golden encod
     "deepseek-coder": "DeepSeek model licence", "gemma-4": "Gemma Terms of Use",
 }
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #c9646633
 def gguf_vocab_path(vocab: str) -> Path:
     "Path of llama.cpp's `ggml-vocab-<vocab>.gguf`."
     return asset_path("llama-cpp-vocabs", LLAMA_CPP_MODELS, f"ggml-vocab-{vocab}.gguf")
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #884338be
 def gguf_golden(vocab: str) -> list[tuple[str, list[int]]]:
     "llama.cpp's reference (text, ids) pairs for a vocabulary."
     from tokenlab.tokenizers.gguf import read_golden
     return read_golden(gguf_vocab_path(vocab))
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #db8f07ec
 def load_gguf_tokenizer(vocab: str, name: str | None = None) -> HFTokenizer:
     "A llama.cpp GGUF vocabulary converted to a `tokenizers` tokenizer."
     from tokenlab.tokenizers.gguf import gguf_to_hf
@@ -55,6 +58,7 @@ class TokenizerSpec:
     licence: str
     load: Callable[[], Tokenizer] = field(repr=False, compare=False)
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #6e5cac54
 def register_tokenizer(name: str, load: Callable[[], Tokenizer], family: str, source: str, byte_level: bool, licence: str,
                        doc: str, paper: str | None = None) -> TokenizerSpec:
     "Add a tokenizer to `TOKENIZERS`: its loader, a one-line doc, the paper (if any) and its family, source, byte_level, licence."
@@ -63,6 +67,7 @@ def register_tokenizer(name: str, load: Callable[[], Tokenizer], family: str, so
                    **{k: getattr(spec, k) for k in ("family", "source", "byte_level", "licence")})
     return spec
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #e8fbf5f6
 def _js(name: str) -> Callable[[], Tokenizer]:
     def load():
         ranks, specials = read_js_tiktoken(asset_path("js-tiktoken", "package", "dist", "ranks", f"{name}.js"))
@@ -94,6 +99,7 @@ def _gguf(vocab: str) -> Callable[[], Tokenizer]:
 def _tekken() -> Tokenizer:
     return load_tekken(asset_path("mistral-common", "mistral_common", "data", "tekken_240911.json"))
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #1f1080d1
 _GGUF_FAMILY = {"llama-spm": "sentencepiece-bpe", "phi-3": "sentencepiece-bpe", "gemma-4": "sentencepiece-bpe", "bert-bge": "wordpiece"}
 _GGUF_PARTIAL_BYTES = {"starcoder", "refact", "falcon"}      # byte alphabet, but some UTF-8 bytes missing
 
@@ -105,6 +111,7 @@ def _register_gguf_vocabs() -> None:
                            family == "hf-bpe" and vocab not in _GGUF_PARTIAL_BYTES, licence,
                            f"llama.cpp's ggml-vocab-{vocab}.gguf, converted to a `tokenizers` tokenizer.")
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #b6fe95cc
 TOKENIZERS = Registry("tokenizer", "Every embedded tokenizer, loaded offline from a fetched asset (or built in).")
 register_tokenizer("utf8-bytes", BytesTokenizer, "bytes", "builtin", True, "-", "One token per UTF-8 byte (id = byte value): the byte baseline.")
 register_tokenizer("chars", CharsTokenizer, "chars", "builtin", False, "-", "One token per Unicode code point (id = code point): the character baseline.")
@@ -138,15 +145,18 @@ register_tokenizer("gpt-oss", _lenml("gpt-oss", "lenml-gptoss"), "hf-bpe", "lenm
                    "gpt-oss's byte-level BPE tokenizer.json (encodes text as o200k_base does).")
 _register_gguf_vocabs()
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #e698490d
 REGISTRY = TOKENIZERS                                        # older name, kept for callers
 BASELINE_FAMILIES = ("bytes", "chars")
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #fefee7fe
 def list_tokenizers(family: str | None = None, real_only: bool = False) -> list[str]:
     "Registered tokenizer names, optionally of one family; `real_only` drops the byte/char baselines."
     if family is not None: check_choice("tokenizer family", family, sorted({s.family for s in TOKENIZERS.values()}))
     return [n for n, s in TOKENIZERS.items() if (family is None or s.family == family)
             and not (real_only and s.family in BASELINE_FAMILIES)]
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #dd30c944
 def tokenizer_table():
     "The registry as a DataFrame: name, family, source asset, byte_level, licence."
     import pandas as pd
@@ -173,6 +183,7 @@ def load_hub_tokenizer(name: str) -> HFTokenizer:
     if not getattr(t, "is_fast", False): raise TokenlabError(f"tokenizer {name!r} has no fast (Rust) version; tokenlab needs one")
     return HFTokenizer(name, t.backend_tokenizer)
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #83983674
 @functools.lru_cache(maxsize=12)
 def _load(name: str) -> Tokenizer:
     if name in TOKENIZERS: return TOKENIZERS[name].load()

@@ -33,6 +33,7 @@ class BPEVocab:
         self.max_len = max(map(len, self.ids))
         self.bytes_of = {i: b for b, i in self.ids.items()}
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #2f785627
 def _tiktoken_vocab(tok: TiktokenTokenizer) -> BPEVocab:
     ranks, off = tok.ranks, tok.offset
     pat = regex.compile(tok.pattern)
@@ -63,12 +64,14 @@ def bpe_vocab(tok: Tokenizer | str) -> BPEVocab:
 # %% ../../nbs/tokenizers/06_segment.ipynb #dd9a9bba
 METHODS = Registry("inference method", "Ways to segment one pre-token with a fixed BPE vocabulary: `(BPEVocab, bytes) -> ids`.")
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #8d42d5d4
 @METHODS.register("merge", paper="Sennrich et al. 2016 (BPE)")
 def seg_merge(v: BPEVocab, piece: bytes) -> list[int]:
     "Standard BPE (`bpe.merge_parts`): lowest-ranked adjacent pair first, leftmost on ties."
     if v.ignore_merges and piece in v.ids: return [v.ids[piece]]
     return [v.ids[p] for p in merge_parts(piece, v.pair_rank)]
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #2de731c1
 @METHODS.register("longest_prefix", paper="Uzan et al. 2024 (Greed is All You Need)")
 def seg_longest_prefix(v: BPEVocab, piece: bytes) -> list[int]:
     "Greedy: the longest vocabulary entry that prefixes the rest, repeatedly."
@@ -79,6 +82,7 @@ def seg_longest_prefix(v: BPEVocab, piece: bytes) -> list[int]:
             if t is not None: out.append(t); i = j; break
     return out
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #a4441ca9
 @METHODS.register("shortest_path", paper="Schmidt et al. 2024 (Tokenization Is More Than Compression)")
 def seg_shortest_path(v: BPEVocab, piece: bytes) -> list[int]:
     "Fewest tokens (DP over end positions); ties: longer last token, then lower id."
@@ -128,6 +132,7 @@ class Segmenter:
 
     def decode(self, ids: Sequence[int]) -> str: return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #8c872bb8
 def segmenters(tok: Tokenizer | str, methods: Sequence[str] | None = None) -> dict[str, Segmenter]:
     "One `Segmenter` per method (default: all) over the same vocabulary."
     v = bpe_vocab(tok)
