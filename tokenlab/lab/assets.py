@@ -13,7 +13,7 @@ from .core import TokenlabError, check_choice, data_dir, repo_root, sha256_file,
 
 # %% auto #0
 __all__ = ['CATALOGUE', 'TIERS', 'DOWNLOAD_TIMEOUT', 'MARKER', 'Asset', 'assets_in_tier', 'check_sha256', 'safe_extract',
-           'is_fetched', 'fetch', 'asset_path', 'verify', 'smollm2_path', 'assets_markdown', 'write_assets_md']
+           'is_fetched', 'asset_path', 'verify', 'fetch', 'smollm2_path', 'assets_markdown', 'write_assets_md']
 
 # %% ../../nbs/lab/02_assets.ipynb #bf98e1a6
 @dataclass(frozen=True)
@@ -199,6 +199,28 @@ def is_fetched(name: str) -> bool:
     m = _marker(name)
     return bool(m) and m.get("sha256") == CATALOGUE[name].sha256
 
+# %% ../../nbs/lab/02_assets.ipynb #54352d02
+def _fix(name: str) -> str:
+    return f"tokenlab fetch --tier {CATALOGUE[name].tier}"
+
+def asset_path(name: str, *parts: str) -> Path:
+    "Path inside a fetched asset; a one-line error naming the fix if it is missing or stale."
+    check_choice("asset", name, CATALOGUE)
+    if not is_fetched(name):
+        state = "missing" if _marker(name) is None else "stale (its checksum is not the catalogue's)"
+        raise TokenlabError(f"asset {name!r} is {state}; run: {_fix(name)}")
+    p = data_dir() / name / Path(*parts) if parts else data_dir() / name
+    if not p.exists(): raise TokenlabError(f"asset {name!r} has no file {'/'.join(parts)!r}; run: {_fix(name)}")
+    return p
+
+# %% ../../nbs/lab/02_assets.ipynb #36c43c59
+def verify(name: str) -> bool:
+    "Re-hash the kept archive of an asset against the catalogue (raises on mismatch)."
+    a = CATALOGUE[check_choice("asset", name, CATALOGUE)]
+    f = data_dir() / "_downloads" / a.filename
+    if not f.exists(): raise TokenlabError(f"asset {name!r} has no downloaded archive; run: {_fix(name)}")
+    check_sha256(a, f); return True
+
 # %% ../../nbs/lab/02_assets.ipynb #475beeee
 def _fetch_one(a: Asset) -> bool:
     "Fetch, verify and extract one asset under its lock; return False if it was already in place."
@@ -237,28 +259,6 @@ def fetch(tier: str = "core", names: list[str] | None = None, progress: bool = T
         if _fetch_one(CATALOGUE[n]): done.append(n)
         if n == "smollm2": _convert_smollm2()
     return done
-
-# %% ../../nbs/lab/02_assets.ipynb #54352d02
-def _fix(name: str) -> str:
-    return f"tokenlab fetch --tier {CATALOGUE[name].tier}"
-
-def asset_path(name: str, *parts: str) -> Path:
-    "Path inside a fetched asset; a one-line error naming the fix if it is missing or stale."
-    check_choice("asset", name, CATALOGUE)
-    if not is_fetched(name):
-        state = "missing" if _marker(name) is None else "stale (its checksum is not the catalogue's)"
-        raise TokenlabError(f"asset {name!r} is {state}; run: {_fix(name)}")
-    p = data_dir() / name / Path(*parts) if parts else data_dir() / name
-    if not p.exists(): raise TokenlabError(f"asset {name!r} has no file {'/'.join(parts)!r}; run: {_fix(name)}")
-    return p
-
-# %% ../../nbs/lab/02_assets.ipynb #36c43c59
-def verify(name: str) -> bool:
-    "Re-hash the kept archive of an asset against the catalogue (raises on mismatch)."
-    a = CATALOGUE[check_choice("asset", name, CATALOGUE)]
-    f = data_dir() / "_downloads" / a.filename
-    if not f.exists(): raise TokenlabError(f"asset {name!r} has no downloaded archive; run: {_fix(name)}")
-    check_sha256(a, f); return True
 
 # %% ../../nbs/lab/02_assets.ipynb #3b7b553d
 def smollm2_path() -> Path:

@@ -56,6 +56,7 @@ def report_path() -> Path:
     "`figures/<profile>/REPORT.md` of the current profile."
     return _out_dir() / "REPORT.md"
 
+# %% ../../nbs/lab/04_results.ipynb #533d94fc
 def manifest_path() -> Path:
     "`figures/<profile>/MANIFEST.json` of the current profile."
     return _out_dir() / "MANIFEST.json"
