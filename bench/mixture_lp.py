@@ -86,10 +86,10 @@ def _peer_python() -> tuple[str | None, str]:
 
 def _all_pair_counts(counts, merges) -> tuple[list[dict], int]:
     "The peer's all_pair_counts.json: every pair's count before merge 0, then before each later merge the pairs whose count changed."
-    from tokenlab.tokenizers.bpe import _apply, _init_state
+    from tokenlab.tokenizers.bpe import apply_merge, init_state
     from tokenlab.tokenizers.backends import byte_to_unicode
     b2u = byte_to_unicode()
-    st = _init_state(counts, ())
+    st = init_state(counts, ())
     ids = {v: i for i, v in enumerate(st.vocab)}
     s = {}
     key = lambda p: f"{s.setdefault(p[0], ''.join(b2u[x] for x in st.vocab[p[0]]))} {s.setdefault(p[1], ''.join(b2u[x] for x in st.vocab[p[1]]))}"
@@ -97,7 +97,7 @@ def _all_pair_counts(counts, merges) -> tuple[list[dict], int]:
     for t, (A, B) in enumerate(merges[:-1]):
         new = ids.get(A + B)
         if new is None: new = ids[A + B] = len(st.vocab); st.vocab.append(A + B); st.freq.append(0)
-        delta = _apply(st, ids[A], ids[B], new)
+        delta = apply_merge(st, ids[A], ids[B], new)
         out.append({key(p): st.pairs.get(p, 0) for p, d in delta.items() if d})
     return out, sum(len(w) * c for w, c in counts.items())
 

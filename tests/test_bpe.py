@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from tokenlab.lab.core import TokenlabError
 from tokenlab.lab.corpora import english_corpus
 from tokenlab.tokenizers.train import train_tokenizer, save_tokenizer
-from tokenlab.tokenizers.bpe import train_bpe, load_bpe, ResearchBPE, read_hf_bpe
+from tokenlab.tokenizers.bpe import VARIANTS, train_bpe, load_bpe, ResearchBPE, read_hf_bpe
 
 
 def _hf_merges(tok) -> list[tuple[bytes, bytes]]:
@@ -43,13 +43,23 @@ def _trained(variant):
     return train_bpe(_english(100_000), 700, variant=variant, progress=False)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.sampled_from(["bpe", "scaffold"]), st.text(max_size=80))
-def test_round_trip_arbitrary_unicode(variant, s):
-    bpe = _trained(variant)
-    ids = bpe.encode(s)
-    assert b"".join(bpe.token_bytes(i) for i in ids) == s.encode("utf-8", errors="surrogatepass")
-    assert not set(ids) & bpe.scaffold
+@pytest.mark.parametrize("name", VARIANTS.names())
+def test_registered_variant(name):
+    "Each registered variant trains on a small corpus, reaches its vocabulary budget and encodes / decodes losslessly."
+    bpe = _trained(name)
+    assert bpe.variant == name and len(bpe.final_vocab) == 700 and bpe.name == f"research-{name}-700"
+    held = english_corpus(limit_bytes=120_000)[100_000:] + " ünïcode 漢字 🙂\n\t x"
+    assert bpe.decode(bpe.encode(held)) == held and not set(bpe.encode(held)) & bpe.scaffold
+    e = VARIANTS.entry(name)
+    assert e.doc and e.paper and VARIANTS[name] is e.obj
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(max_size=80))
+    def round_trip_of_arbitrary_unicode(s):
+        ids = bpe.encode(s)
+        assert b"".join(bpe.token_bytes(i) for i in ids) == s.encode("utf-8", errors="surrogatepass")
+        assert not set(ids) & bpe.scaffold
+    round_trip_of_arbitrary_unicode()
 
 
 def test_scaffold_budget_and_decomposition():
@@ -77,7 +87,7 @@ def test_export_scaffold_differs_only_where_hf_keeps_scaffold_tokens(tmp_path):
     hf = Tokenizer.from_file(str(tmp_path / "sc" / "tokenizer.json"))
     text = english_corpus(limit_bytes=160_000)[100_000:]
     raw = hf.encode(text, add_special_tokens=False).ids
-    assert [x for t in raw for x in sc._split(t)] == sc.encode(text) == load_bpe(tmp_path / "sc").encode(text)
+    assert [x for t in raw for x in sc.split_scaffold(t)] == sc.encode(text) == load_bpe(tmp_path / "sc").encode(text)
     share = sum(t in sc.scaffold for t in raw) / len(raw)
     assert 0 < share < 0.2, share                            # HF alone emits some scaffold tokens: measured, not hidden
 
@@ -85,3 +95,5 @@ def test_export_scaffold_differs_only_where_hf_keeps_scaffold_tokens(tmp_path):
 def test_errors():
     with pytest.raises(TokenlabError, match="empty corpus"): train_bpe(["  ", ""], 300)
     with pytest.raises(TokenlabError, match="no bpe.json"): load_bpe("/nonexistent")
+    with pytest.raises(TokenlabError, match=r"^unknown BPE variant 'dropout'; valid BPE variants: bpe, scaffold$"):
+        train_bpe(["ab ab"], 300, variant="dropout")

@@ -52,7 +52,7 @@ def test_smoke_profile_of_every_experiment(tmp_path, capsys):
         for f in o["files"]: assert (man_file.parent / f["path"]).exists(), f["path"]
         if o["kind"] != "claim": continue
         assert o["verdict"] in results.VERDICTS
-        line = next((l for l in rep.splitlines() if results._cell(o["statement"]) in l), None)
+        line = next((l for l in rep.splitlines() if results.md_cell(o["statement"]) in l), None)
         assert line and f"**{o['verdict']}**" in line, f"claim {o['id']} has no verdict in REPORT.md"
 
 

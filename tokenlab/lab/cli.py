@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("assets-md", help="regenerate data/ASSETS.md")
     return p
 
+# %% ../../nbs/lab/06_cli.ipynb #80522a06
 def _run(a) -> int:
     from tokenlab.lab import runner
     if a.list:

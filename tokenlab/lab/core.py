@@ -16,6 +16,7 @@ __all__ = ['TokenlabError', 'check_choice', 'repo_root', 'data_dir', 'figures_di
 class TokenlabError(ValueError):
     "A one-line, user-facing error: what was wrong and what is allowed."
 
+# %% ../../nbs/lab/00_core.ipynb #5cd82cd2
 def check_choice(kind: str, name, choices: Iterable) -> str:
     "Return `name` if it is one of `choices`, else raise a one-line `TokenlabError` listing them."
     choices = list(choices)
@@ -35,10 +36,12 @@ def repo_root(start: Path | None = None) -> Path:
             if ini.exists() and "lib_name = tokenlab" in ini.read_text(): return d
     return Path.cwd().resolve()
 
+# %% ../../nbs/lab/00_core.ipynb #7e679ded
 def data_dir() -> Path:
     "Cache for fetched external assets (`$TOKENLAB_DATA`, default `<repo>/data/external`)."
     return Path(os.environ.get("TOKENLAB_DATA") or repo_root() / "data" / "external").resolve()
 
+# %% ../../nbs/lab/00_core.ipynb #51ac3cf6
 def figures_dir(profile: str) -> Path:
     "Output folder of one profile (`$TOKENLAB_FIGURES/<profile>`, default `<repo>/figures/<profile>`)."
     base = os.environ.get("TOKENLAB_FIGURES")
@@ -59,15 +62,18 @@ def atomic_path(path: Path | str):
     finally:
         if tmp.exists(): tmp.unlink()
 
+# %% ../../nbs/lab/00_core.ipynb #2afa739a
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_path(path) as tmp: tmp.write_bytes(data)
     return Path(path)
 
+# %% ../../nbs/lab/00_core.ipynb #38ab6c58
 def atomic_write_text(path: Path | str, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."
     return atomic_write_bytes(path, text.encode("utf-8"))
 
+# %% ../../nbs/lab/00_core.ipynb #f65aef29
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     "Hex sha256 of a file, read in chunks."
     h = hashlib.sha256()

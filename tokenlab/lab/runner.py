@@ -11,11 +11,12 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 from .core import TokenlabError, check_choice, repo_root, atomic_write_text, sha256_file, figures_dir
+from .results import md_cell
 
 # %% auto #0
 __all__ = ['STANDARD_PROFILES', 'KERNEL_START_TIMEOUT_S', 'THREAD_VARS', 'experiments_dir', 'runs_dir', 'list_notebooks',
            'load_profiles', 'profile_names', 'parse_assignment', 'parse_sweeps', 'notebook_parameters', 'Job',
-           'resolve_params', 'plan', 'thread_env', 'execute', 'library_sha', 'job_key', 'summary_markdown', 'wall_line',
+           'resolve_params', 'plan', 'thread_env', 'execute', 'library_sha', 'job_key', 'wall_line', 'summary_markdown',
            'outputs_intact', 'run', 'describe']
 
 # %% ../../nbs/lab/05_runner.ipynb #88751eb2
@@ -25,15 +26,18 @@ def experiments_dir() -> Path:
     "Folder of the experiment notebooks (`$TOKENLAB_EXPERIMENTS`, default `<repo>/nbs/experiments`)."
     return Path(os.environ.get("TOKENLAB_EXPERIMENTS") or repo_root() / "nbs" / "experiments").resolve()
 
+# %% ../../nbs/lab/05_runner.ipynb #0cd255d0
 def runs_dir(profile: str) -> Path:
     "Executed notebooks, state and summary of one profile (`$TOKENLAB_RUNS/<profile>`, default `<repo>/runs/<profile>`)."
     return (Path(os.environ.get("TOKENLAB_RUNS") or repo_root() / "runs")).resolve() / profile
 
+# %% ../../nbs/lab/05_runner.ipynb #a1bfebd0
 def list_notebooks(exp_dir: Path | None = None) -> dict[str, Path]:
     "Experiment notebooks by stem (names starting with `_` or `.` excluded)."
     d = Path(exp_dir or experiments_dir())
     return {p.stem: p for p in sorted(d.glob("*.ipynb")) if not p.name.startswith(("_", "."))}
 
+# %% ../../nbs/lab/05_runner.ipynb #11d2b544
 def load_profiles(exp_dir: Path | None = None) -> dict:
     "`profiles.yaml` as `{notebook: {profile: {param: value}}}` (empty if the file is missing)."
     f = Path(exp_dir or experiments_dir()) / "profiles.yaml"
@@ -43,12 +47,20 @@ def load_profiles(exp_dir: Path | None = None) -> dict:
         raise TokenlabError(f"{f}: expected a mapping {{notebook: {{profile: {{param: value}}}}}}")
     return data
 
+# %% ../../nbs/lab/05_runner.ipynb #ac66afd4
 def profile_names(profiles: dict) -> list[str]:
     "Known profiles: smoke, cpu, gpu and any other named in `profiles.yaml`."
     extra = {p for v in profiles.values() for p in v if p != "defaults"}
     return sorted(set(STANDARD_PROFILES) | extra)
 
 # %% ../../nbs/lab/05_runner.ipynb #649d1a3a
+def _yaml(value: str, text: str):
+    "A YAML scalar or list, or a one-line error naming the assignment."
+    try: return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise TokenlabError(f"cannot parse the value of {text!r}: {str(e).splitlines()[0]}") from None
+
+# %% ../../nbs/lab/05_runner.ipynb #4bdaa410
 def parse_assignment(text: str) -> tuple[str, object]:
     "`'key=value'` -> `(key, yaml value)`."
     key, sep, value = text.partition("=")
@@ -56,12 +68,7 @@ def parse_assignment(text: str) -> tuple[str, object]:
         raise TokenlabError(f"invalid parameter {text!r}; expected key=value")
     return key.strip(), _yaml(value, text) if value.strip() else ""
 
-def _yaml(value: str, text: str):
-    "A YAML scalar or list, or a one-line error naming the assignment."
-    try: return yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise TokenlabError(f"cannot parse the value of {text!r}: {str(e).splitlines()[0]}") from None
-
+# %% ../../nbs/lab/05_runner.ipynb #5ad78340
 def parse_sweeps(sweeps: list[str] | None) -> list[dict]:
     "`['a=1,2', 'b=x,y']` -> the grid `[{'a': 1, 'b': 'x'}, ...]` (`[{}]` without sweeps)."
     axes = []
@@ -74,6 +81,7 @@ def parse_sweeps(sweeps: list[str] | None) -> list[dict]:
         axes.append([(key, v) for v in values])
     return [dict(c) for c in itertools.product(*axes)]
 
+# %% ../../nbs/lab/05_runner.ipynb #b2298c1a
 def notebook_parameters(path: Path) -> dict:
     "Parameters of the notebook's `parameters` cell, `{name: default as written}`."
     import papermill as pm
@@ -96,6 +104,7 @@ class Job:
         tag = ",".join(f"{k}={v}" for k, v in sweep.items())
         return f"{self.stem}[{re.sub(r'[^A-Za-z0-9_.=,+-]', '_', tag)}]"
 
+# %% ../../nbs/lab/05_runner.ipynb #d38d06fd
 def resolve_params(stem: str, path: Path, profile: str, profiles: dict, overrides: dict | None = None) -> dict:
     "Profile values + overrides for one notebook, validated against its `parameters` cell; `profile` injected."
     entry = profiles.get(stem) or {}
@@ -107,6 +116,7 @@ def resolve_params(stem: str, path: Path, profile: str, profiles: dict, override
         raise TokenlabError(f"notebook {stem!r} has no parameter {bad[0]!r}; valid parameters: {shown}")
     return {**params, "profile": profile}
 
+# %% ../../nbs/lab/05_runner.ipynb #76c990a3
 def plan(notebooks: list[str] | None, profile: str, overrides: dict | None = None, sweeps: list[dict] | None = None,
          exp_dir: Path | None = None) -> list[Job]:
     "Validated jobs for `notebooks` (default: all) under `profile`."
@@ -123,8 +133,6 @@ def plan(notebooks: list[str] | None, profile: str, overrides: dict | None = Non
     return jobs
 
 # %% ../../nbs/lab/05_runner.ipynb #18363ee6
-KERNEL_START_TIMEOUT_S = 300   # papermill waits 60 s by default; a loaded 2-core machine can take longer
-
 def _kernel_dir() -> str:
     "A JUPYTER_PATH entry holding a `python3` kernel spec that runs `sys.executable`."
     d = Path(tempfile.mkdtemp(prefix="tokenlab-kernel-"))
@@ -133,6 +141,9 @@ def _kernel_dir() -> str:
     (d / "kernels" / "python3").mkdir(parents=True)
     (d / "kernels" / "python3" / "kernel.json").write_text(json.dumps(spec))
     return str(d)
+
+# %% ../../nbs/lab/05_runner.ipynb #47d19106
+KERNEL_START_TIMEOUT_S = 300   # papermill waits 60 s by default; a loaded 2-core machine can take longer
 
 def _child_main(jobfile: str | None = None) -> None:
     "Entry point of the child process: run one notebook with papermill, write `{status, error}` next to the job."
@@ -152,6 +163,7 @@ def _child_main(jobfile: str | None = None) -> None:
     finally: shutil.rmtree(kdir, ignore_errors=True)
     atomic_write_text(job["result"], json.dumps(res))
 
+# %% ../../nbs/lab/05_runner.ipynb #dbb7ff6c
 def _descendants(pid: int) -> list[int]:
     "All descendant pids of `pid` (Linux /proc; empty elsewhere)."
     children: dict[int, list[int]] = {}
@@ -170,6 +182,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         except (ProcessLookupError, PermissionError): pass
     proc.wait()
 
+# %% ../../nbs/lab/05_runner.ipynb #d0df5ee3
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
 
 def thread_env(threads: int | None) -> dict:
@@ -177,6 +190,7 @@ def thread_env(threads: int | None) -> dict:
     if threads is None: return {}
     return {v: str(threads) for v in THREAD_VARS if v not in os.environ}
 
+# %% ../../nbs/lab/05_runner.ipynb #d7e21329
 def execute(job: Job, out_dir: Path, timeout: float | None = None, exp_dir: Path | None = None,
             threads: int | None = None) -> dict:
     """Run one job in a child process; returns `{name, status, error, seconds}`. `threads`: the thread count the
@@ -210,32 +224,34 @@ def library_sha() -> str:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
+# %% ../../nbs/lab/05_runner.ipynb #a1935671
 def job_key(job: Job, lib: str | None = None) -> str:
     "What `--resume` compares: notebook sha256, resolved parameters, library sha."
     blob = json.dumps({"notebook": sha256_file(job.path), "params": job.params, "lib": lib or library_sha()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
+# %% ../../nbs/lab/05_runner.ipynb #18491fce
 def _fmt_params(label: dict) -> str:
     vals = {**label.get("_overrides", {}), **label.get("_sweep", {})}
     return ", ".join(f"{k}={v}" for k, v in vals.items()) or "-"
 
-def summary_markdown(results: list[dict], profile: str, wall: float) -> str:
-    "The summary table (Markdown) and the wall-time line."
-    from tabulate import tabulate
-    rows = [[r["name"], r.get("params", "-"), r["status"], f"{r['seconds']:.1f}", _cell(r.get("error") or "")]
-            for r in results]
-    table = tabulate(rows, ["notebook", "parameters", "status", "seconds", "error"], tablefmt="pipe")
-    return f"{table}\n\n{wall_line(results, profile, wall)}\n"
-
-def _cell(s: str) -> str: return s.replace("|", "\\|").replace("\n", " ")
-
+# %% ../../nbs/lab/05_runner.ipynb #d3ffce15
 def wall_line(results: list[dict], profile: str, wall: float) -> str:
     "`smoke profile: 2 notebooks in 73.2 s` (+ failures / skipped)."
     n = len(results)
     extra = [f"{k} {s}" for s, k in (("failed", sum(r["status"] == "failed" for r in results)),
                                       ("skipped", sum(r["status"] == "skipped" for r in results))) if k]
     return f"{profile} profile: {n} notebook{'s' * (n != 1)} in {wall:.1f} s" + (f" ({', '.join(extra)})" if extra else "")
+
+# %% ../../nbs/lab/05_runner.ipynb #9f7cd9c5
+def summary_markdown(results: list[dict], profile: str, wall: float) -> str:
+    "The summary table (Markdown) and the wall-time line."
+    from tabulate import tabulate
+    rows = [[r["name"], r.get("params", "-"), r["status"], f"{r['seconds']:.1f}", md_cell(r.get("error") or "")]
+            for r in results]
+    table = tabulate(rows, ["notebook", "parameters", "status", "seconds", "error"], tablefmt="pipe")
+    return f"{table}\n\n{wall_line(results, profile, wall)}\n"
 
 # %% ../../nbs/lab/05_runner.ipynb #fb068af9
 def outputs_intact(stem: str, profile: str) -> bool:

@@ -19,6 +19,7 @@ def default_device() -> torch.device:
     "CUDA when available, else CPU."
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+# %% ../../nbs/models/04_trainer.ipynb #6a8409fa
 def tiny_llama(vocab_size: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, d_ff: int | None = None,
                max_len: int = 256, seed: int = 0, tie: bool = True, attn: str = "sdpa"):
     "A random-initialised `LlamaForCausalLM` with a tiny config (fp32, on CPU)."
@@ -34,6 +35,7 @@ def tiny_llama(vocab_size: int, d_model: int = 64, n_layers: int = 2, n_heads: i
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
 
+# %% ../../nbs/models/04_trainer.ipynb #dcf3d7c9
 def n_params(model) -> int:
     "Number of distinct parameters (tied weights counted once)."
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -46,6 +48,7 @@ def _check_ids(ids) -> torch.Tensor:
     if ids.dtype not in (torch.int64, torch.int32): raise TokenlabError(f"token ids must be integers, got {ids.dtype}")
     return ids.long()
 
+# %% ../../nbs/models/04_trainer.ipynb #d49afb17
 @torch.no_grad()
 def sequence_nll(model, ids, batch_size: int = 64) -> torch.Tensor:
     "Per-token NLL in nats, `(B, T-1)`, of ids `(B, T)` (position t predicted from ids[:, :t+1])."
@@ -69,6 +72,7 @@ def _lr_lambda(steps: int, warmup: int) -> Callable[[int], float]:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup))))
     return f
 
+# %% ../../nbs/models/04_trainer.ipynb #a7a3eb7a
 def _optimizer(model, name: str, lr: float, weight_decay: float):
     check_choice("optimizer", name, ["adamw", "sgd"])
     if name == "sgd": return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
@@ -79,6 +83,7 @@ def _split(batch) -> tuple[torch.Tensor, torch.Tensor]:
     ids = _check_ids(ids)
     return ids, (ids if labels is None else torch.as_tensor(labels).long())
 
+# %% ../../nbs/models/04_trainer.ipynb #b7af202e
 def train_lm(model, batch_fn: Callable, steps: int, lr: float = 3e-3, optimizer: str = "adamw",
              weight_decay: float = 0.0, warmup: int | None = None, seed: int = 0,
              eval_fn: Callable | None = None, eval_every: int | None = None, progress: bool = True,
@@ -114,6 +119,7 @@ def zoo_dir() -> Path:
     "Model cache (`$TOKENLAB_ZOO`, default `<repo>/data/zoo`)."
     return Path(os.environ.get("TOKENLAB_ZOO") or repo_root() / "data" / "zoo").resolve()
 
+# %% ../../nbs/models/04_trainer.ipynb #7c7dd905
 @functools.cache
 def _source_sha() -> str:
     "First 12 hex digits of sha256 over this module's source (read once per process)."
@@ -125,6 +131,7 @@ def cache_key(key: dict) -> str:
     except TypeError as e: raise TokenlabError(f"cache key must be JSON-able: {e}") from None
     return hashlib.sha256((blob + _source_sha()).encode()).hexdigest()[:16]
 
+# %% ../../nbs/models/04_trainer.ipynb #41672498
 def cached(key: dict, build: Callable, refresh: bool = False):
     "(model, history | None) for `key`: loaded from the zoo, or built by `build()` and saved (safetensors)."
     from transformers import AutoModelForCausalLM

@@ -9,10 +9,10 @@ __all__ = []
 from ..lab.core import lazy_exports
 __getattr__, __dir__ = lazy_exports("tokenlab.tokenizers", {
     "backends": ["Tokenizer", "HFTokenizer", "TiktokenTokenizer", "SentencePieceTokenizer"],
-    "registry": ["TOKENIZERS", "load_tokenizer", "list_tokenizers", "tokenizer_table"],
+    "registry": ["TOKENIZERS", "load_tokenizer", "list_tokenizers", "tokenizer_table", "register_tokenizer"],
     "metrics": ["language_metrics", "metrics_over_tokenizers", "token_premium"],
     "train": ["train_tokenizer"],
-    "bpe": ["train_bpe", "ResearchBPE"],
-    "segment": ["segmenters"],
+    "bpe": ["train_bpe", "ResearchBPE", "VARIANTS"],
+    "segment": ["segmenters", "Segmenter", "METHODS"],
     "mixture": ["infer_mixture"],
 })

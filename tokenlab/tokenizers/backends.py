@@ -12,13 +12,13 @@ from ..lab.core import TokenlabError, check_choice
 from ..lab.assets import asset_path
 
 # %% auto #0
-__all__ = ['R50K_PAT', 'CL100K_PAT', 'O200K_PAT', 'GPT2_PAT', 'TIKTOKEN_PATTERNS', 'TEKKEN_SPECIALS', 'UTF8_BYTES', 'Tokenizer',
-           'byte_to_unicode', 'unicode_to_byte', 'BytesTokenizer', 'CharsTokenizer', 'read_tiktoken_file',
-           'read_js_tiktoken', 'TiktokenTokenizer', 'tiktoken_encoding', 'load_tekken', 'HFTokenizer',
+__all__ = ['R50K_PAT', 'CL100K_PAT', 'O200K_PAT', 'GPT2_PAT', 'TIKTOKEN_PATTERNS', 'TEKKEN_SPECIALS', 'UTF8_BYTES', 'check_texts',
+           'Tokenizer', 'byte_to_unicode', 'unicode_to_byte', 'BytesTokenizer', 'CharsTokenizer', 'read_tiktoken_file',
+           'read_js_tiktoken', 'tiktoken_encoding', 'TiktokenTokenizer', 'load_tekken', 'HFTokenizer',
            'SentencePieceTokenizer']
 
 # %% ../../nbs/tokenizers/00_backends.ipynb #1f3c548f
-def _check_texts(texts) -> list[str]:
+def check_texts(texts) -> list[str]:
     "A list of strings, or a one-line error."
     if isinstance(texts, str): raise TokenlabError("encode_batch needs a list of strings, got one str (use encode)")
     texts = list(texts)
@@ -26,6 +26,7 @@ def _check_texts(texts) -> list[str]:
         if not isinstance(t, str): raise TokenlabError(f"can only tokenize str, got {type(t).__name__}")
     return texts
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #82ea3fc8
 class Tokenizer:
     "Common interface: ids without BOS/specials, batch paths, token bytes."
     name: str = ""; family: str = ""; backend: str = ""
@@ -60,7 +61,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, family={self.family!r}, vocab_size={self.vocab_size})"
 
-# %% ../../nbs/tokenizers/00_backends.ipynb #cb04654a
+# %% ../../nbs/tokenizers/00_backends.ipynb #430cbbe7
 @functools.cache
 def byte_to_unicode() -> dict[int, str]:
     "GPT-2's map from a byte to the printable character that byte-level BPE vocabularies use for it."
@@ -70,17 +71,19 @@ def byte_to_unicode() -> dict[int, str]:
         if b not in bs: bs.append(b); cs.append(256 + n); n += 1
     return {b: chr(c) for b, c in zip(bs, cs)}
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #1d315b65
 @functools.cache
 def unicode_to_byte() -> dict[str, int]:
     "Inverse of `byte_to_unicode`."
     return {c: b for b, c in byte_to_unicode().items()}
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #5e192e43
 class BytesTokenizer(Tokenizer):
     "One token per UTF-8 byte: id = byte value."
     family, backend, vocab_size, byte_level = "bytes", "python", 256, True
     def __init__(self, name: str = "utf8-bytes"): self.name = name
-    def encode_batch(self, texts): return [list(t.encode("utf-8")) for t in _check_texts(texts)]
-    def count_tokens(self, texts): return [len(t.encode("utf-8")) for t in _check_texts(texts)]
+    def encode_batch(self, texts): return [list(t.encode("utf-8")) for t in check_texts(texts)]
+    def count_tokens(self, texts): return [len(t.encode("utf-8")) for t in check_texts(texts)]
     def decode(self, ids): return bytes(self._check_id(i) for i in ids).decode("utf-8", errors="replace")
     def token_bytes(self, id): return bytes([self._check_id(id)])
     def token_str(self, id): return byte_to_unicode()[self._check_id(id)]
@@ -92,12 +95,13 @@ class BytesTokenizer(Tokenizer):
         t.decoder = decoders.ByteLevel()
         return t
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #7322cfef
 class CharsTokenizer(Tokenizer):
     "One token per Unicode code point: id = code point."
     family, backend, vocab_size, byte_level = "chars", "python", 0x110000, False
     def __init__(self, name: str = "chars"): self.name = name
-    def encode_batch(self, texts): return [[ord(c) for c in t] for t in _check_texts(texts)]
-    def count_tokens(self, texts): return [len(t) for t in _check_texts(texts)]
+    def encode_batch(self, texts): return [[ord(c) for c in t] for t in check_texts(texts)]
+    def count_tokens(self, texts): return [len(t) for t in check_texts(texts)]
     def decode(self, ids): return "".join(chr(self._check_id(i)) for i in ids)
     def token_bytes(self, id): return chr(self._check_id(id)).encode("utf-8", errors="surrogatepass")
     def token_str(self, id): return chr(self._check_id(id))
@@ -112,6 +116,7 @@ O200K_PAT = "|".join([
 GPT2_PAT = R50K_PAT
 TIKTOKEN_PATTERNS = {"r50k_base": R50K_PAT, "gpt2": R50K_PAT, "p50k_base": R50K_PAT, "cl100k_base": CL100K_PAT, "o200k_base": O200K_PAT}
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #3970be67
 def read_tiktoken_file(path: Path | str) -> dict[bytes, int]:
     "Ranks of a `.tiktoken` file (lines `base64 rank`)."
     out = {}
@@ -121,6 +126,7 @@ def read_tiktoken_file(path: Path | str) -> dict[bytes, int]:
             out[base64.b64decode(tok)] = int(rank)
     return out
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #e51aba47
 def read_js_tiktoken(path: Path | str) -> tuple[dict[bytes, int], dict[str, int]]:
     "Ranks and special tokens of a js-tiktoken `dist/ranks/*.js` file."
     src = Path(path).read_text(encoding="utf-8")
@@ -146,6 +152,13 @@ def _threaded(f: Callable, texts: list[str], n: int | None = None) -> list:
     for k, p in enumerate(parts): out[k::n] = p
     return out
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #8b7d6f08
+def tiktoken_encoding(name: str, ranks: dict[bytes, int], pat_str: str, specials: dict[str, int] | None = None):
+    "A `tiktoken.Encoding` from ranks (no network)."
+    import tiktoken
+    return tiktoken.Encoding(name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials or {})
+
+# %% ../../nbs/tokenizers/00_backends.ipynb #5c57b517
 class TiktokenTokenizer(Tokenizer):
     "A `tiktoken.Encoding`; ids shifted by `offset` (tekken keeps its control tokens below the ranks)."
     backend, byte_level = "tiktoken", True
@@ -155,7 +168,7 @@ class TiktokenTokenizer(Tokenizer):
         self._special = special_names or {}
 
     def encode_batch(self, texts):
-        out = _threaded(self.encoding.encode_ordinary, _check_texts(texts))
+        out = _threaded(self.encoding.encode_ordinary, check_texts(texts))
         return [[i + self.offset for i in ids] for ids in out] if self.offset else out
 
     def decode(self, ids):
@@ -170,20 +183,30 @@ class TiktokenTokenizer(Tokenizer):
         "The token's bytes as text (invalid UTF-8 shown as \\x escapes)."
         return self.token_bytes(id).decode("utf-8", errors="backslashreplace")
 
+    @property
+    def ranks(self) -> dict[bytes, int]:
+        "Byte string -> rank of the encoding (without `offset`)."
+        return self.encoding._mergeable_ranks
+
+    @property
+    def pattern(self) -> str:
+        "The encoding's pre-tokenisation regex."
+        return self.encoding._pat_str
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        "Special token text -> rank-space id (without `offset`)."
+        return self.encoding._special_tokens
+
     def to_hf(self):
         "Byte-level BPE via `transformers`' TikTokenConverter (merges recovered from the ranks; 1-4 s)."
         if self.offset: return super().to_hf()
         import tempfile, os
         from transformers.convert_slow_tokenizer import TikTokenConverter
         with tempfile.NamedTemporaryFile("w", suffix=".tiktoken", delete=False) as f:
-            for b, r in self.encoding._mergeable_ranks.items(): f.write(f"{base64.b64encode(b).decode()} {r}\n")
-        try: return TikTokenConverter(vocab_file=f.name, pattern=self.encoding._pat_str).converted()
+            for b, r in self.ranks.items(): f.write(f"{base64.b64encode(b).decode()} {r}\n")
+        try: return TikTokenConverter(vocab_file=f.name, pattern=self.pattern).converted()
         finally: os.unlink(f.name)
-
-def tiktoken_encoding(name: str, ranks: dict[bytes, int], pat_str: str, specials: dict[str, int] | None = None):
-    "A `tiktoken.Encoding` from ranks (no network)."
-    import tiktoken
-    return tiktoken.Encoding(name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials or {})
 
 # %% ../../nbs/tokenizers/00_backends.ipynb #8d4eca67
 TEKKEN_SPECIALS = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]"}
@@ -201,6 +224,7 @@ def load_tekken(path: Path | str, name: str = "tekken") -> TiktokenTokenizer:
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 UTF8_BYTES = frozenset(b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5)   # bytes valid UTF-8 can contain
 
+# %% ../../nbs/tokenizers/00_backends.ipynb #c5614c8e
 def _has_byte_alphabet(tok) -> bool:
     return any("ByteLevel" in repr(x) for x in (tok.pre_tokenizer, tok.decoder) if x is not None)
 
@@ -227,7 +251,7 @@ class HFTokenizer(Tokenizer):
         self.missing_bytes = frozenset(b for b in range(256) if self.byte_alphabet and tok.token_to_id(b2u[b]) is None)
         self.byte_level = self.byte_alphabet and not (self.missing_bytes & UTF8_BYTES)
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-        self._added = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}
+        self.added_tokens = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}   # id -> text of added tokens
         self.unk_id = _unk_id(tok)
         self._fast = getattr(tok, "encode_batch_fast", None)
 
@@ -239,7 +263,7 @@ class HFTokenizer(Tokenizer):
 
     def encode_batch(self, texts):
         enc = self._fast or self._tok.encode_batch
-        return [e.ids for e in enc(_check_texts(texts), add_special_tokens=False)]
+        return [e.ids for e in enc(check_texts(texts), add_special_tokens=False)]
 
     def decode(self, ids):
         "Text of `ids`; byte-level vocabularies join `token_bytes` (added tokens stay raw text, as in llama.cpp)."
@@ -253,7 +277,7 @@ class HFTokenizer(Tokenizer):
 
     def token_bytes(self, id):
         s = self.token_str(id)
-        if id in self._added: return s.encode("utf-8")
+        if id in self.added_tokens: return s.encode("utf-8")
         if self.byte_alphabet:
             u2b = unicode_to_byte()
             if all(c in u2b for c in s): return bytes(u2b[c] for c in s)
@@ -275,7 +299,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.vocab_size, self.family = self.sp.get_piece_size(), "sentencepiece-bpe"
         self.unk_id = self.sp.unk_id() if self.sp.unk_id() >= 0 else None
 
-    def encode_batch(self, texts): return self.sp.encode(_check_texts(texts), out_type=int)
+    def encode_batch(self, texts): return self.sp.encode(check_texts(texts), out_type=int)
     def decode(self, ids): return self.sp.decode([self._check_id(i) for i in ids])
     def token_str(self, id): return self.sp.id_to_piece(self._check_id(id))
 

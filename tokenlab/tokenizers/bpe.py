@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 import regex
-from ..lab.core import TokenlabError, check_choice, atomic_write_text
-from .backends import Tokenizer, byte_to_unicode, unicode_to_byte
+from ..lab.core import TokenlabError, atomic_write_text
+from ..lab.registry import Registry
+from fastcore.basics import patch
+from .backends import Tokenizer, byte_to_unicode, check_texts, unicode_to_byte
 
 # %% auto #0
-__all__ = ['BPE_SPLIT', 'VARIANTS', 'pretokenize_counts', 'byte_order', 'merge_parts', 'read_hf_bpe', 'BPEState', 'Variant',
-           'Scaffold', 'train_bpe', 'ResearchBPE', 'load_bpe']
+__all__ = ['BPE_SPLIT', 'VARIANTS', 'pretokenize_counts', 'byte_order', 'merge_parts', 'read_hf_bpe', 'ResearchBPE', 'BPEState',
+           'Variant', 'Scaffold', 'init_state', 'next_pair', 'apply_merge', 'train_bpe', 'load_bpe']
 
 # %% ../../nbs/tokenizers/05_bpe.ipynb #bad1b715
 BPE_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""   # HF ByteLevel(use_regex=True)
@@ -26,6 +28,7 @@ def pretokenize_counts(texts: Iterable[str], pattern: str = BPE_SPLIT) -> Counte
     for t in texts: c.update(pat.findall(t))
     return Counter({w.encode("utf-8"): n for w, n in c.items()})
 
+# %% ../../nbs/tokenizers/05_bpe.ipynb #05f52cdf
 def byte_order() -> list[int]:
     "The 256 bytes in HF's alphabet order: by code point of their byte-to-unicode character."
     b2u = byte_to_unicode()
@@ -44,6 +47,7 @@ def merge_parts(piece: bytes, pair_rank) -> list[bytes]:
         parts[at:at + 2] = [parts[at] + parts[at + 1]]
     return parts
 
+# %% ../../nbs/tokenizers/05_bpe.ipynb #51078cf7
 def read_hf_bpe(hf) -> tuple[dict[bytes, int], list[tuple[bytes, bytes]], bool]:
     "(vocabulary bytes -> id, ordered merges as byte pairs, ignore_merges) of a byte-level HF `tokenizers.Tokenizer`."
     model = json.loads(hf.to_str())["model"]
@@ -52,118 +56,6 @@ def read_hf_bpe(hf) -> tuple[dict[bytes, int], list[tuple[bytes, bytes]], bool]:
     tb = lambda s: bytes(u2b[c] for c in s)
     merges = [tuple(tb(x) for x in (m.split(" ", 1) if isinstance(m, str) else m)) for m in model["merges"]]
     return {tb(s): i for s, i in model["vocab"].items()}, merges, bool(model.get("ignore_merges", False))
-
-# %% ../../nbs/tokenizers/05_bpe.ipynb #d526b7eb
-@dataclass
-class BPEState:
-    "Everything the trainer updates: words, pair counts and index, the heap, vocabulary, token frequencies."
-    words: list[list[int]]
-    wcount: list[int]
-    vocab: list[bytes]
-    n_fixed: int                                    # specials + bytes: never scaffold
-    pairs: dict = field(default_factory=lambda: defaultdict(int))
-    where: dict = field(default_factory=lambda: defaultdict(set))
-    heap: list = field(default_factory=list)
-    freq: list = field(default_factory=list)        # standalone occurrences of each token in the corpus
-    merges: list = field(default_factory=list)      # (a, b, new id), in order
-    scaffold: set = field(default_factory=set)
-
-class Variant:
-    "Plain BPE: every token counts towards the budget; nothing happens after a merge."
-    name = "bpe"
-    def after_merge(self, st: BPEState, pair: tuple[int, int], new: int, head_count: int) -> None: pass
-    def budget(self, st: BPEState) -> int: return len(st.vocab)
-
-class Scaffold(Variant):
-    "Scaffold-BPE: flag merge components rarer than the next merge's count; they do not count."
-    name = "scaffold"
-    def after_merge(self, st, pair, new, head_count):
-        st.scaffold.discard(new)                    # a token produced again is a token again
-        for t in set(pair):
-            if t >= st.n_fixed and st.freq[t] < head_count: st.scaffold.add(t)
-    def budget(self, st): return len(st.vocab) - len(st.scaffold)
-
-VARIANTS = {"bpe": Variant, "scaffold": Scaffold}
-
-# %% ../../nbs/tokenizers/05_bpe.ipynb #62c99d01
-def _merge_word(w: list[int], a: int, b: int, new: int) -> list[int]:
-    "Merge (a, b) -> new left to right, without overlap."
-    out, i, n = [], 0, len(w)
-    while i < n:
-        if i + 1 < n and w[i] == a and w[i + 1] == b: out.append(new); i += 2
-        else: out.append(w[i]); i += 1
-    return out
-
-def _apply(st: BPEState, a: int, b: int, new: int) -> dict:
-    "Merge (a, b) in every word containing it; update pairs, index and frequencies; return count changes."
-    delta = defaultdict(int)
-    for wi in st.where.pop((a, b), ()):
-        w = st.words[wi]
-        nw = _merge_word(w, a, b, new)
-        if len(nw) == len(w): continue              # stale index entry
-        c = st.wcount[wi]
-        for p in zip(w, w[1:]): delta[p] -= c
-        for p in zip(nw, nw[1:]):
-            delta[p] += c; st.where[p].add(wi)
-        k = (len(w) - len(nw)) * c
-        st.freq[a] -= k; st.freq[b] -= k; st.freq[new] += k
-        st.words[wi] = nw
-    for p, d in delta.items():
-        if d: st.pairs[p] += d
-    return delta
-
-def _head(st: BPEState) -> tuple[int, int, int] | None:
-    "The next pair to merge (count, a, b), fixing stale heap entries on the way; None if the heap is empty."
-    while st.heap:
-        negc, a, b = st.heap[0]
-        cur = st.pairs.get((a, b), 0)
-        if -negc == cur: return cur, a, b
-        heapq.heapreplace(st.heap, (-cur, a, b))
-    return None
-
-def _init_state(counts: Counter, special_tokens: Sequence[str]) -> BPEState:
-    vocab = [s.encode("utf-8") for s in special_tokens] + [bytes([b]) for b in byte_order()]
-    sid = {v: i for i, v in enumerate(vocab)}
-    words = [[sid[bytes([x])] for x in w] for w in counts]
-    st = BPEState(words, list(counts.values()), vocab, len(vocab))
-    st.freq = [0] * len(vocab)
-    for wi, (w, c) in enumerate(zip(st.words, st.wcount)):
-        for t in w: st.freq[t] += c
-        for p in zip(w, w[1:]): st.pairs[p] += c; st.where[p].add(wi)
-    st.heap = [(-c, a, b) for (a, b), c in st.pairs.items() if c > 0]
-    heapq.heapify(st.heap)
-    return st
-
-def train_bpe(texts: Iterable[str] | Counter, vocab_size: int, variant: str = "bpe", min_frequency: int = 0,
-              special_tokens: Sequence[str] = (), progress: bool = True) -> "ResearchBPE":
-    "Learn byte-level BPE merges until the variant's budget reaches `vocab_size`."
-    from tqdm.auto import tqdm
-    var = VARIANTS[check_choice("BPE variant", variant, VARIANTS)]()
-    counts = texts if isinstance(texts, Counter) else pretokenize_counts([texts] if isinstance(texts, str) else texts)
-    if not any(w.strip() for w in counts): raise TokenlabError("cannot train BPE on an empty corpus (no non-whitespace text)")
-    if vocab_size <= 256 + len(special_tokens): raise TokenlabError(f"vocab_size {vocab_size} must exceed 256 bytes + {len(special_tokens)} special tokens")
-    st = _init_state(counts, special_tokens)
-    ids = {v: i for i, v in enumerate(st.vocab)}
-    bar = tqdm(total=vocab_size - var.budget(st), desc=f"{variant} merges", disable=not progress, leave=False)
-    while var.budget(st) < vocab_size:
-        head = _head(st)
-        if head is None: break
-        count, a, b = head
-        if count < 1 or count < min_frequency: break
-        heapq.heappop(st.heap)
-        tok = st.vocab[a] + st.vocab[b]
-        new = ids.get(tok)
-        if new is None:
-            new = ids[tok] = len(st.vocab); st.vocab.append(tok); st.freq.append(0)
-        st.merges.append((a, b, new))
-        before = var.budget(st)
-        for p, d in _apply(st, a, b, new).items():
-            if d > 0: heapq.heappush(st.heap, (-st.pairs[p], *p))
-        nxt = _head(st)
-        var.after_merge(st, (a, b), new, nxt[0] if nxt else 0)
-        bar.update(var.budget(st) - before)
-    bar.close()
-    return ResearchBPE(st.vocab, [m[:2] for m in st.merges], set(st.scaffold), list(special_tokens), variant)
 
 # %% ../../nbs/tokenizers/05_bpe.ipynb #1832e9ba
 class ResearchBPE(Tokenizer):
@@ -187,22 +79,22 @@ class ResearchBPE(Tokenizer):
     def _bpe(self, piece: bytes) -> list[int]:
         return [self.ids[p] for p in merge_parts(piece, lambda a, b: self.rank.get((a, b)))]
 
-    def _split(self, t: int) -> list[int]:
+    def split_scaffold(self, t: int) -> list[int]:
+        "`[t]`, or the ids a scaffold token splits into (recursively, along the merges that built it)."
         if t not in self.scaffold: return [t]
         a, b = self.parts[t]
-        return self._split(a) + self._split(b)
+        return self.split_scaffold(a) + self.split_scaffold(b)
 
     def encode_piece(self, piece: bytes, scaffold_split: bool = True) -> list[int]:
         "Ids of one pre-token (merges by rank, then scaffold tokens split)."
         key = (piece, scaffold_split)
         if key not in self._cache:
             ids = self._bpe(piece)
-            self._cache[key] = [x for t in ids for x in self._split(t)] if scaffold_split and self.scaffold else ids
+            self._cache[key] = [x for t in ids for x in self.split_scaffold(t)] if scaffold_split and self.scaffold else ids
         return self._cache[key]
 
     def encode_batch(self, texts):
-        from tokenlab.tokenizers.backends import _check_texts
-        return [[i for p in self._pat.findall(t) for i in self.encode_piece(p.encode("utf-8"))] for t in _check_texts(texts)]
+        return [[i for p in self._pat.findall(t) for i in self.encode_piece(p.encode("utf-8"))] for t in check_texts(texts)]
 
     def decode(self, ids): return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
     def token_bytes(self, id): return self.vocab[self._check_id(id)]
@@ -213,8 +105,129 @@ class ResearchBPE(Tokenizer):
         "Ids a text can be encoded to: everything but the scaffold tokens."
         return [i for i in range(self.vocab_size) if i not in self.scaffold]
 
+# %% ../../nbs/tokenizers/05_bpe.ipynb #d526b7eb
+@dataclass
+class BPEState:
+    "Everything the trainer updates: words, pair counts and index, the heap, vocabulary, token frequencies."
+    words: list[list[int]]
+    wcount: list[int]
+    vocab: list[bytes]
+    n_fixed: int                                    # specials + bytes: never scaffold
+    pairs: dict = field(default_factory=lambda: defaultdict(int))
+    where: dict = field(default_factory=lambda: defaultdict(set))
+    heap: list = field(default_factory=list)
+    freq: list = field(default_factory=list)        # standalone occurrences of each token in the corpus
+    merges: list = field(default_factory=list)      # (a, b, new id), in order
+    scaffold: set = field(default_factory=set)
+
+# %% ../../nbs/tokenizers/05_bpe.ipynb #d537ce6f
+VARIANTS = Registry("BPE variant", "Training rules of byte-level BPE: what happens after a merge, what counts towards the budget.")
+
+@VARIANTS.register(paper="Sennrich et al. 2016 (BPE)")
+class Variant:
+    "Plain BPE: every token counts towards the budget; nothing happens after a merge."
+    name = "bpe"
+    def after_merge(self, st: BPEState, pair: tuple[int, int], new: int, head_count: int) -> None: pass
+    def budget(self, st: BPEState) -> int: return len(st.vocab)
+
+# %% ../../nbs/tokenizers/05_bpe.ipynb #ae811c56
+@VARIANTS.register(paper="Lian et al. 2024 (Scaffold-BPE)")
+class Scaffold(Variant):
+    "Scaffold-BPE: flag merge components rarer than the next merge's count; they do not count."
+    name = "scaffold"
+    def after_merge(self, st, pair, new, head_count):
+        st.scaffold.discard(new)                    # a token produced again is a token again
+        for t in set(pair):
+            if t >= st.n_fixed and st.freq[t] < head_count: st.scaffold.add(t)
+    def budget(self, st): return len(st.vocab) - len(st.scaffold)
+
+# %% ../../nbs/tokenizers/05_bpe.ipynb #40f074ed
+def init_state(counts: Counter, special_tokens: Sequence[str]) -> BPEState:
+    "The state before the first merge: specials and bytes as the vocabulary, every pair counted and indexed, the heap built."
+    vocab = [s.encode("utf-8") for s in special_tokens] + [bytes([b]) for b in byte_order()]
+    sid = {v: i for i, v in enumerate(vocab)}
+    words = [[sid[bytes([x])] for x in w] for w in counts]
+    st = BPEState(words, list(counts.values()), vocab, len(vocab))
+    st.freq = [0] * len(vocab)
+    for wi, (w, c) in enumerate(zip(st.words, st.wcount)):
+        for t in w: st.freq[t] += c
+        for p in zip(w, w[1:]): st.pairs[p] += c; st.where[p].add(wi)
+    st.heap = [(-c, a, b) for (a, b), c in st.pairs.items() if c > 0]
+    heapq.heapify(st.heap)
+    return st
+
+# %% ../../nbs/tokenizers/05_bpe.ipynb #cee0e964
+def next_pair(st: BPEState) -> tuple[int, int, int] | None:
+    "The next pair to merge (count, a, b), fixing stale heap entries on the way; None if the heap is empty."
+    while st.heap:
+        negc, a, b = st.heap[0]
+        cur = st.pairs.get((a, b), 0)
+        if -negc == cur: return cur, a, b
+        heapq.heapreplace(st.heap, (-cur, a, b))
+    return None
+
+# %% ../../nbs/tokenizers/05_bpe.ipynb #62c99d01
+def _merge_word(w: list[int], a: int, b: int, new: int) -> list[int]:
+    "Merge (a, b) -> new left to right, without overlap."
+    out, i, n = [], 0, len(w)
+    while i < n:
+        if i + 1 < n and w[i] == a and w[i + 1] == b: out.append(new); i += 2
+        else: out.append(w[i]); i += 1
+    return out
+
+def apply_merge(st: BPEState, a: int, b: int, new: int) -> dict:
+    "Merge (a, b) in every word containing it; update pairs, index and frequencies; return count changes."
+    delta = defaultdict(int)
+    for wi in st.where.pop((a, b), ()):
+        w = st.words[wi]
+        nw = _merge_word(w, a, b, new)
+        if len(nw) == len(w): continue              # stale index entry
+        c = st.wcount[wi]
+        for p in zip(w, w[1:]): delta[p] -= c
+        for p in zip(nw, nw[1:]):
+            delta[p] += c; st.where[p].add(wi)
+        k = (len(w) - len(nw)) * c
+        st.freq[a] -= k; st.freq[b] -= k; st.freq[new] += k
+        st.words[wi] = nw
+    for p, d in delta.items():
+        if d: st.pairs[p] += d
+    return delta
+
+# %% ../../nbs/tokenizers/05_bpe.ipynb #b116cec0
+def train_bpe(texts: Iterable[str] | Counter, vocab_size: int, variant: str = "bpe", min_frequency: int = 0,
+              special_tokens: Sequence[str] = (), progress: bool = True) -> "ResearchBPE":
+    "Learn byte-level BPE merges until the variant's budget reaches `vocab_size`."
+    from tqdm.auto import tqdm
+    var = VARIANTS[variant]()
+    counts = texts if isinstance(texts, Counter) else pretokenize_counts([texts] if isinstance(texts, str) else texts)
+    if not any(w.strip() for w in counts): raise TokenlabError("cannot train BPE on an empty corpus (no non-whitespace text)")
+    if vocab_size <= 256 + len(special_tokens): raise TokenlabError(f"vocab_size {vocab_size} must exceed 256 bytes + {len(special_tokens)} special tokens")
+    st = init_state(counts, special_tokens)
+    ids = {v: i for i, v in enumerate(st.vocab)}
+    bar = tqdm(total=vocab_size - var.budget(st), desc=f"{variant} merges", disable=not progress, leave=False)
+    while var.budget(st) < vocab_size:
+        head = next_pair(st)
+        if head is None: break
+        count, a, b = head
+        if count < 1 or count < min_frequency: break
+        heapq.heappop(st.heap)
+        tok = st.vocab[a] + st.vocab[b]
+        new = ids.get(tok)
+        if new is None:
+            new = ids[tok] = len(st.vocab); st.vocab.append(tok); st.freq.append(0)
+        st.merges.append((a, b, new))
+        before = var.budget(st)
+        for p, d in apply_merge(st, a, b, new).items():
+            if d > 0: heapq.heappush(st.heap, (-st.pairs[p], *p))
+        nxt = next_pair(st)
+        var.after_merge(st, (a, b), new, nxt[0] if nxt else 0)
+        bar.update(var.budget(st) - before)
+    bar.close()
+    return ResearchBPE(st.vocab, [m[:2] for m in st.merges], set(st.scaffold), list(special_tokens), variant)
+
 # %% ../../nbs/tokenizers/05_bpe.ipynb #676319f1
-def _to_hf(self: ResearchBPE):
+@patch
+def to_hf(self: ResearchBPE):
     "The equivalent HF `tokenizers.Tokenizer` (scaffold tokens stay in its vocabulary: HF cannot split them)."
     from tokenizers import Tokenizer as HFTok, models, pre_tokenizers, decoders
     s = self.token_str
@@ -225,7 +238,9 @@ def _to_hf(self: ResearchBPE):
     if self.special_tokens: tok.add_special_tokens(self.special_tokens)
     return tok
 
-def _save(self: ResearchBPE, folder: Path | str) -> Path:
+# %% ../../nbs/tokenizers/05_bpe.ipynb #06b20191
+@patch
+def save(self: ResearchBPE, folder: Path | str) -> Path:
     "Write tokenizer.json, tokenizer_config.json and bpe.json into `folder`."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "tokenizer.json", self.to_hf().to_str(pretty=True))
@@ -235,8 +250,7 @@ def _save(self: ResearchBPE, folder: Path | str) -> Path:
     atomic_write_text(folder / "bpe.json", json.dumps(meta))
     return folder
 
-ResearchBPE.to_hf, ResearchBPE.save = _to_hf, _save
-
+# %% ../../nbs/tokenizers/05_bpe.ipynb #ba05aea1
 def load_bpe(folder: Path | str) -> ResearchBPE:
     "A `ResearchBPE` saved by `save` (reads bpe.json)."
     f = Path(folder) / "bpe.json"

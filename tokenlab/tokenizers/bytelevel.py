@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from ..lab.core import TokenlabError
-from .backends import Tokenizer
+from .backends import Tokenizer, HFTokenizer
 
 # %% auto #0
-__all__ = ['MPETokenizer', 'learn_mpe_vocab', 'mpe_valid', 'bpe_valid', 'next_byte_probs', 'naive_next_byte_probs',
-           'lm_next_token_probs', 'normalise', 'kl', 'safe_boundary']
+__all__ = ['MPETokenizer', 'learn_mpe_vocab', 'mpe_valid', 'bpe_valid', 'normalise', 'next_byte_probs', 'naive_next_byte_probs',
+           'lm_next_token_probs', 'kl', 'safe_boundary']
 
 # %% ../../nbs/tokenizers/09_bytelevel.ipynb #38df810c
 class MPETokenizer(Tokenizer):
@@ -42,6 +42,7 @@ class MPETokenizer(Tokenizer):
     def token_str(self, id): return self.vocab[self._check_id(id)]
     def token_bytes(self, id): return self.token_str(id).encode()
 
+# %% ../../nbs/tokenizers/09_bytelevel.ipynb #5cdd2014
 def learn_mpe_vocab(texts: Iterable[str], n_merges: int) -> list[str]:
     "Alphabet symbols plus the tokens of `n_merges` byte-level BPE merges learned on `texts` (in merge order)."
     from tokenlab.tokenizers.bpe import train_bpe
@@ -70,6 +71,7 @@ def mpe_valid(tok: MPETokenizer) -> Callable[[Sequence[int]], bool]:
         return sum(A ** -len(f) for f in minimal) < 1 - 1e-12   # some continuation avoids every forbidden start
     return lambda path: valid(tuple(path))
 
+# %% ../../nbs/tokenizers/09_bytelevel.ipynb #68688953
 def bpe_valid(tok: Tokenizer) -> Callable[[Sequence[int]], bool]:
     "Approximate canonical test for a BPE: the path's text encodes to the path (use on paths inside one pre-token)."
     @functools.lru_cache(maxsize=200_000)
@@ -84,6 +86,14 @@ def _token_table(tok: Tokenizer) -> tuple[list[bytes], np.ndarray]:
     first = np.array([b[0] if b else -1 for b in tb])
     return tb, first
 
+# %% ../../nbs/tokenizers/09_bytelevel.ipynb #c1588b87
+def normalise(p: np.ndarray) -> np.ndarray:
+    "A joint over next bytes as a conditional distribution (clear error when it has no mass)."
+    s = p.sum()
+    if not s > 0: raise TokenlabError("no probability mass on any continuation: the prompt is not reachable by the model")
+    return p / s
+
+# %% ../../nbs/tokenizers/09_bytelevel.ipynb #d558905e
 def next_byte_probs(next_token_probs: Callable[[list[int]], np.ndarray], tok: Tokenizer, prefix: Sequence[int],
                     rest: bytes, valid: Callable[[Sequence[int]], bool] | None = None, min_prob: float = 0.0,
                     max_depth: int | None = None, table=None) -> np.ndarray:
@@ -111,6 +121,7 @@ def next_byte_probs(next_token_probs: Callable[[list[int]], np.ndarray], tok: To
         return next_byte_probs(next_token_probs, tok, prefix, rest, valid, 0.0, max_depth, (tb, first))
     return out
 
+# %% ../../nbs/tokenizers/09_bytelevel.ipynb #973f0e07
 def naive_next_byte_probs(next_token_probs, tok: Tokenizer, ids: Sequence[int], table=None) -> np.ndarray:
     "P(next byte) read off the next-token distribution after the prompt's own encoding (first byte of each token)."
     tb, first = table or _token_table(tok)
@@ -119,6 +130,7 @@ def naive_next_byte_probs(next_token_probs, tok: Tokenizer, ids: Sequence[int], 
     np.add.at(out, first[m], p[m])
     return out
 
+# %% ../../nbs/tokenizers/09_bytelevel.ipynb #3b6336b5
 def lm_next_token_probs(model, bos: int | None = None, cache_size: int = 4096):
     "Cached `ids -> P(next token)` of a `transformers` causal LM (fp32 numpy), `bos` prepended when given."
     dev = next(model.parameters()).device
@@ -131,12 +143,6 @@ def lm_next_token_probs(model, bos: int | None = None, cache_size: int = 4096):
         return logits.softmax(-1).cpu().numpy()
     return lambda ids: f(tuple(int(i) for i in ids))
 
-def normalise(p: np.ndarray) -> np.ndarray:
-    "A joint over next bytes as a conditional distribution (clear error when it has no mass)."
-    s = p.sum()
-    if not s > 0: raise TokenlabError("no probability mass on any continuation: the prompt is not reachable by the model")
-    return p / s
-
 # %% ../../nbs/tokenizers/09_bytelevel.ipynb #7b5b857f
 def kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
     "KL(p || q) in nats over the support of p (q floored at eps)."
@@ -148,7 +154,7 @@ def kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
 def safe_boundary(tok: Tokenizer, text: str) -> tuple[list[int], bytes]:
     "(ids of the text before the last pre-token, bytes of the last pre-token) for a tokenizer with a pre-tokenizer."
     if not text: raise TokenlabError("the prompt is empty")
-    pre = getattr(getattr(tok, "_tok", None), "pre_tokenizer", None)
+    pre = tok.to_hf().pre_tokenizer if isinstance(tok, HFTokenizer) else None
     if pre is not None: start = pre.pre_tokenize_str(text)[-1][1][0]
     else:
         import regex

@@ -100,6 +100,7 @@ def _vocab(tokens: list[str]) -> dict[str, int]:
     if len(v) != len(tokens): raise TokenlabError(f"the vocabulary has {len(tokens) - len(v)} duplicate tokens")
     return v
 
+# %% ../../nbs/tokenizers/02_gguf.ipynb #1cdbfe0a
 def bpe_to_hf(tokens: list[str], merges: list[str], types, pre: str = "default") -> Tokenizer:
     "Byte-level BPE (GGUF model `gpt2`) with llama.cpp's split regexes for pre-tokenizer type `pre`."
     if pre not in PRE_REGEXES: raise TokenlabError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(PRE_REGEXES)}")
@@ -110,10 +111,12 @@ def bpe_to_hf(tokens: list[str], merges: list[str], types, pre: str = "default")
     tok.decoder = decoders.ByteLevel()
     return _add_typed_tokens(tok, tokens, types)
 
+# %% ../../nbs/tokenizers/02_gguf.ipynb #874b4e27
 def _spm_decoder(strip_prefix: bool):
     ds = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     return decoders.Sequence(ds + ([decoders.Strip(" ", 1, 0)] if strip_prefix else []))
 
+# %% ../../nbs/tokenizers/02_gguf.ipynb #d5e51309
 def spm_to_hf(tokens: list[str], scores, types, unk_id: int = 0, add_space_prefix: bool = True) -> Tokenizer:
     "SentencePiece BPE as a `tokenizers` BPE: all splits of each token, ranked by the token's score."
     vocab, cand = _vocab(tokens), []
@@ -130,6 +133,7 @@ def spm_to_hf(tokens: list[str], scores, types, unk_id: int = 0, add_space_prefi
     tok.decoder = _spm_decoder(add_space_prefix)
     return _add_typed_tokens(tok, tokens, types)
 
+# %% ../../nbs/tokenizers/02_gguf.ipynb #9dd19321
 def wordpiece_to_hf(tokens: list[str], types, unk_id: int = 100) -> Tokenizer:
     "BERT WordPiece from llama.cpp's convention (word-initial pieces `▁x`, continuations bare)."
     def hf(i: int, t: str) -> str:
@@ -143,6 +147,7 @@ def wordpiece_to_hf(tokens: list[str], types, unk_id: int = 100) -> Tokenizer:
     tok.decoder = decoders.WordPiece()
     return _add_typed_tokens(tok, [hf(i, t) for i, t in enumerate(tokens)], types)
 
+# %% ../../nbs/tokenizers/02_gguf.ipynb #1fbef01a
 def gemma4_to_hf(tokens: list[str], merges: list[str], types, unk_id: int = 3) -> Tokenizer:
     "Gemma-4 style BPE: raw UTF-8, spaces as `▁`, split only at newlines, byte fallback."
     pairs = [tuple(m.split(" ", 1)) for m in merges]

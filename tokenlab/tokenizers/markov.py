@@ -5,6 +5,7 @@
 # %% ../../nbs/tokenizers/11_markov.ipynb #a59b2e23
 from __future__ import annotations
 import numpy as np
+from fastcore.basics import patch
 from ..lab.core import TokenlabError
 
 # %% auto #0
@@ -69,7 +70,8 @@ def _transition(self: MarkovSource) -> np.ndarray:
     for s in range(A): T[c, (c % (n // A)) * A + s] += self.probs[:, s]
     return T
 
-def _stationary(self: MarkovSource) -> np.ndarray:
+@patch
+def stationary(self: MarkovSource) -> np.ndarray:
     "Stationary distribution over contexts (computed once)."
     if self._pi is None:
         n = self.n_contexts
@@ -79,20 +81,23 @@ def _stationary(self: MarkovSource) -> np.ndarray:
         pi = np.clip(pi, 0, None); self._pi = pi / pi.sum()
     return self._pi.copy()
 
-def _symbol_marginal(self: MarkovSource) -> np.ndarray:
+# %% ../../nbs/tokenizers/11_markov.ipynb #d3497a6c
+@patch
+def symbol_marginal(self: MarkovSource) -> np.ndarray:
     "Stationary distribution of one symbol."
     return np.bincount(np.arange(self.n_contexts) % self.A, weights=self.stationary(), minlength=self.A)
 
-def _entropy_rate(self: MarkovSource) -> float:
+# %% ../../nbs/tokenizers/11_markov.ipynb #ed61a303
+@patch
+def entropy_rate(self: MarkovSource) -> float:
     "Entropy rate in bits per symbol: sum_c pi(c) H(probs[c])."
     return float(self.stationary() @ _entropy_bits(self.probs))
 
-def _unigram_entropy(self: MarkovSource) -> float:
+# %% ../../nbs/tokenizers/11_markov.ipynb #55a37a39
+@patch
+def unigram_entropy(self: MarkovSource) -> float:
     "Entropy in bits of the stationary symbol distribution (the loss of a context-free predictor)."
     return float(_entropy_bits(self.symbol_marginal()))
-
-MarkovSource.stationary, MarkovSource.symbol_marginal = _stationary, _symbol_marginal
-MarkovSource.entropy_rate, MarkovSource.unigram_entropy = _entropy_rate, _unigram_entropy
 
 # %% ../../nbs/tokenizers/11_markov.ipynb #a528dc96
 def _prefix_marginal(self: MarkovSource, codes: np.ndarray) -> np.ndarray:
@@ -101,8 +106,8 @@ def _prefix_marginal(self: MarkovSource, codes: np.ndarray) -> np.ndarray:
     idx = 0
     for c in codes: idx = idx * A + int(c)
     return self.stationary().reshape(A ** m, A, -1)[idx].sum(-1)
-
-def _next_probs(self: MarkovSource, context: str) -> np.ndarray:
+@patch
+def next_probs(self: MarkovSource, context: str) -> np.ndarray:
     "P(next symbol | context), shape (A,); contexts shorter than `order` use the stationary start."
     codes = self.encode(context)
     if len(codes) >= self.order:
@@ -113,7 +118,9 @@ def _next_probs(self: MarkovSource, context: str) -> np.ndarray:
     if joint.sum() <= 0: raise TokenlabError(f"context {context!r} has probability 0 under the stationary start")
     return joint / joint.sum()
 
-def _log_prob(self: MarkovSource, text: str) -> float:
+# %% ../../nbs/tokenizers/11_markov.ipynb #6e879f8f
+@patch
+def log_prob(self: MarkovSource, text: str) -> float:
     "Exact log-likelihood of `text` in nats (stationary start); -inf if impossible."
     codes, k, A = self.encode(text), self.order, self.A
     if len(codes) == 0: return 0.0
@@ -128,10 +135,9 @@ def _log_prob(self: MarkovSource, text: str) -> float:
             lp += float(np.log(self.probs[ctx, codes[k:]]).sum())
     return lp
 
-MarkovSource.next_probs, MarkovSource.log_prob = _next_probs, _log_prob
-
 # %% ../../nbs/tokenizers/11_markov.ipynb #7a8d4459
-def _draw_codes(self: MarkovSource, count: int, n: int, rng: np.random.Generator) -> np.ndarray:
+@patch
+def draw_codes(self: MarkovSource, count: int, n: int, rng: np.random.Generator) -> np.ndarray:
     "Symbol codes of `count` independent stationary strings of length `n`, shape (count, n)."
     if not isinstance(rng, np.random.Generator): raise TokenlabError("rng must be a numpy Generator, e.g. np.random.default_rng(0)")
     if count < 0 or n < 0: raise TokenlabError(f"count and n must be >= 0, got {count}, {n}")
@@ -149,16 +155,18 @@ def _draw_codes(self: MarkovSource, count: int, n: int, rng: np.random.Generator
         ctx = (ctx % (N // A)) * A + s
     return out
 
-def _samples(self: MarkovSource, count: int, n: int, rng: np.random.Generator) -> list[str]:
+# %% ../../nbs/tokenizers/11_markov.ipynb #7d03c869
+@patch
+def samples(self: MarkovSource, count: int, n: int, rng: np.random.Generator) -> list[str]:
     "`count` independent strings of length `n`, each starting from the stationary distribution."
     chars = np.array(list(self.alphabet))
-    return ["".join(row) for row in chars[_draw_codes(self, count, n, rng)]]
+    return ["".join(row) for row in chars[self.draw_codes(count, n, rng)]]
 
-def _sample(self: MarkovSource, n: int, rng: np.random.Generator) -> str:
+# %% ../../nbs/tokenizers/11_markov.ipynb #fd93da64
+@patch
+def sample(self: MarkovSource, n: int, rng: np.random.Generator) -> str:
     "One string of length `n` starting from the stationary distribution."
-    return _samples(self, 1, n, rng)[0]
-
-MarkovSource.draw_codes, MarkovSource.samples, MarkovSource.sample = _draw_codes, _samples, _sample
+    return self.samples(1, n, rng)[0]
 
 # %% ../../nbs/tokenizers/11_markov.ipynb #f9f5eb0d
 def switching_source(k: int, p: float = 0.8, alphabet: str = "ab") -> MarkovSource:
@@ -172,6 +180,7 @@ def switching_source(k: int, p: float = 0.8, alphabet: str = "ab") -> MarkovSour
     probs[np.arange(A ** k), oldest] = 1 - p
     return MarkovSource(k, alphabet, probs)
 
+# %% ../../nbs/tokenizers/11_markov.ipynb #ae1c1166
 def random_source(k: int, alphabet: str, concentration: float = 0.5, seed: int = 0) -> MarkovSource:
     "Order-k source whose rows are drawn from a symmetric Dirichlet(concentration) (seeded)."
     if not concentration > 0: raise TokenlabError(f"concentration must be > 0, got {concentration}")

@@ -8,10 +8,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from ..lab.core import TokenlabError
+import itertools, math, re as _re
+from collections import Counter
+import regex
+import os, multiprocessing as _mp
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 # %% auto #0
 __all__ = ['UNSPACED', 'count_table', 'token_premium', 'bootstrap_premium', 'premium_summary', 'unk_rate', 'words',
-           'renyi_entropy', 'renyi_efficiency', 'tokenizer_metrics', 'token_freq', 'metrics_from_ids', 'word_counts',
+           'renyi_entropy', 'renyi_efficiency', 'token_freq', 'metrics_from_ids', 'tokenizer_metrics', 'word_counts',
            'language_metrics', 'metrics_over_tokenizers']
 
 # %% ../../nbs/tokenizers/03_metrics.ipynb #bd089e02
@@ -45,6 +50,7 @@ def token_premium(counts: pd.DataFrame, reference: str = "eng") -> pd.Series:
     if tot[reference] <= 0: raise TokenlabError(f"reference language {reference!r} has no tokens")
     return (tot / tot[reference]).rename("premium")
 
+# %% ../../nbs/tokenizers/03_metrics.ipynb #1d7ed0c7
 def bootstrap_premium(counts: pd.DataFrame, reference: str = "eng", n_boot: int = 1000, seed: int = 0,
                       ci: float = 0.95) -> pd.DataFrame:
     "Premium with a percentile bootstrap interval over units: columns premium, lo, hi."
@@ -80,23 +86,20 @@ def unk_rate(ids: Sequence[Sequence[int]], unk_id: int | None) -> float:
     return sum(int(np.sum(np.asarray(x) == unk_id)) for x in ids) / total
 
 # %% ../../nbs/tokenizers/03_metrics.ipynb #69b5467f
-import itertools, math, re as _re
-from collections import Counter
-import regex
-
 UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
 _WORD = regex.compile(rf"(?:(?=[{UNSPACED}])\X)|(?:(?![{UNSPACED}])[\p{{L}}\p{{M}}\p{{N}}])+")
 
+def words(text: str) -> list[str]:
+    "Word segmentation: letter/mark/digit runs; one word per grapheme cluster in scripts written without spaces."
+    return _WORD.findall(text)
+
+# %% ../../nbs/tokenizers/03_metrics.ipynb #81613ca7
 def _check_text(texts) -> list[str]:
     "A non-empty list of texts, at least one not whitespace-only; else a one-line error."
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts or not any(t.strip() for t in texts):
         raise TokenlabError("the text is empty or whitespace-only: tokenizer metrics need some text")
     return texts
-
-def words(text: str) -> list[str]:
-    "Word segmentation: letter/mark/digit runs; one word per grapheme cluster in scripts written without spaces."
-    return _WORD.findall(text)
 
 # %% ../../nbs/tokenizers/03_metrics.ipynb #611076ca
 def renyi_entropy(counts, alpha: float = 2.5) -> float:
@@ -108,19 +111,13 @@ def renyi_entropy(counts, alpha: float = 2.5) -> float:
     if alpha == 1: return float(-(p * np.log(p)).sum())
     return float(np.log((p ** alpha).sum()) / (1 - alpha))
 
+# %% ../../nbs/tokenizers/03_metrics.ipynb #d220ff35
 def renyi_efficiency(counts, vocab_size: int, alpha: float = 2.5) -> float:
     "H_alpha(p) / log |V| (Zouhar et al., 2023): 1 for a uniform use of the whole vocabulary."
     if vocab_size < 2: raise TokenlabError(f"vocab_size must be >= 2, got {vocab_size}")
     return renyi_entropy(counts, alpha) / math.log(vocab_size)
 
-# %% ../../nbs/tokenizers/03_metrics.ipynb #c5bd5489
-_BYTE_PIECE = _re.compile(r"<0x[0-9A-Fa-f]{2}>")
-
-def tokenizer_metrics(tokenizer, texts, reference=None, alpha: float = 2.5, n_words: int | None = None) -> dict:
-    "Fertility, bytes/chars per token, Shannon/Rényi efficiency, utilisation, UNK and byte-fallback rates, NSL."
-    texts = _check_text(texts)
-    return metrics_from_ids(tokenizer, texts, tokenizer.encode_batch(texts), reference, alpha, n_words)
-
+# %% ../../nbs/tokenizers/03_metrics.ipynb #341265ae
 def token_freq(ids: Sequence[Sequence[int]]) -> dict[int, int]:
     "Token id -> count over a batch of encodings, in order of first occurrence (what `Counter` builds, 3x faster)."
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
@@ -132,6 +129,9 @@ def token_freq(ids: Sequence[Sequence[int]]) -> dict[int, int]:
     seen = np.flatnonzero(cnt)
     order = seen[np.argsort(first[seen], kind="stable")]   # the entropy sums run in this order: Counter's, bit for bit
     return dict(zip(order.tolist(), cnt[order].tolist()))
+
+# %% ../../nbs/tokenizers/03_metrics.ipynb #d260a462
+_BYTE_PIECE = _re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 def metrics_from_ids(tokenizer, texts, ids, reference=None, alpha: float = 2.5, n_words: int | None = None) -> dict:
     "`tokenizer_metrics` from encodings already computed (`ids[i]` encodes `texts[i]`), so a caller encodes once."
@@ -155,14 +155,22 @@ def metrics_from_ids(tokenizer, texts, ids, reference=None, alpha: float = 2.5, 
         out["nsl"] = n_tok / sum(reference.count_tokens(texts))
     return out
 
+# %% ../../nbs/tokenizers/03_metrics.ipynb #c5bd5489
+def tokenizer_metrics(tokenizer, texts, reference=None, alpha: float = 2.5, n_words: int | None = None) -> dict:
+    "Fertility, bytes/chars per token, Shannon/Rényi efficiency, utilisation, UNK and byte-fallback rates, NSL."
+    texts = _check_text(texts)
+    return metrics_from_ids(tokenizer, texts, tokenizer.encode_batch(texts), reference, alpha, n_words)
+
 # %% ../../nbs/tokenizers/03_metrics.ipynb #850ed857
 def word_counts(texts: Mapping[str, Mapping[int, str]]) -> dict[str, int]:
     "Number of words (see `words`) per language of `texts[lang][unit]`."
     return {lang: sum(len(words(t)) for t in units.values()) for lang, units in texts.items()}
 
+# %% ../../nbs/tokenizers/03_metrics.ipynb #4bb61be1
 def _check_reference(texts: Mapping, reference_language: str) -> None:
     if reference_language not in texts: raise TokenlabError(f"reference language {reference_language!r} is not among the {len(texts)} languages")
 
+# %% ../../nbs/tokenizers/03_metrics.ipynb #dc2816a5
 def language_metrics(tokenizer, texts: Mapping[str, Mapping[int, str]], reference_language: str = "eng",
                      n_words: Mapping[str, int] | None = None, reference=None, alpha: float = 2.5) -> tuple[dict, pd.DataFrame]:
     "(pooled metrics, per-language table) of one tokenizer over `texts[lang][unit]`, each text encoded once."
@@ -182,9 +190,6 @@ def language_metrics(tokenizer, texts: Mapping[str, Mapping[int, str]], referenc
     return pooled, df
 
 # %% ../../nbs/tokenizers/03_metrics.ipynb #50498dcd
-import os, multiprocessing as _mp
-from concurrent.futures import ProcessPoolExecutor, as_completed
-
 _SHARED: dict = {}
 
 def _init_worker(shared: dict) -> None:
@@ -201,6 +206,7 @@ def _metrics_of(name: str) -> tuple[dict, pd.DataFrame]:
         raise TokenlabError(f"tokenizer {name!r}: {type(e).__name__}: {e}") from None
     return {"tokenizer": name, "family": tok.family, "vocab_size": tok.vocab_size, **pooled}, by_lang
 
+# %% ../../nbs/tokenizers/03_metrics.ipynb #1bfb375e
 def metrics_over_tokenizers(names: Sequence[str], texts: Mapping[str, Mapping[int, str]], reference_language: str = "eng",
                             n_words: Mapping[str, int] | None = None, reference=None, alpha: float = 2.5,
                             jobs: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:

@@ -12,7 +12,7 @@ import numpy as np, pandas as pd
 from ..lab.core import TokenlabError
 from .backends import Tokenizer, TiktokenTokenizer, HFTokenizer
 from .registry import load_tokenizer
-from .bpe import BPEState, _apply, _head, _init_state, merge_parts, read_hf_bpe
+from .bpe import BPEState, apply_merge, next_pair, init_state, merge_parts, read_hf_bpe
 from .segment import bpe_vocab
 
 # %% auto #0
@@ -45,6 +45,7 @@ def default_categories(max_bytes: int = 2_000_000) -> dict[str, str]:
     for s in ("Latin", "Cyrillic", "Arabic", "Devanagari", "Han"): cats[f"udhr-{s.lower()}"] = _udhr_script(s)
     return {k: v[:max_bytes] for k, v in cats.items()}
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #f7a0a7c7
 def split_category(text: str, sample_frac: float = 0.3, block: int = 2000) -> tuple[str, str]:
     "(training pool, count sample): alternating blocks of ~`block` characters, `sample_frac` of them to the sample."
     blocks, cur, n = [], [], 0
@@ -58,6 +59,7 @@ def split_category(text: str, sample_frac: float = 0.3, block: int = 2000) -> tu
     if not pool or not sample: raise TokenlabError("category text too short to split into a training pool and a count sample")
     return "\n".join(pool), "\n".join(sample)
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #3b40a1d8
 def mixture_corpus(pools: Mapping[str, str], weights: Mapping[str, float], total_bytes: int, seed: int = 0) -> list[str]:
     "Training texts with `weights[c] * total_bytes` characters of each category pool (a random contiguous window)."
     rng = np.random.default_rng(seed)
@@ -80,10 +82,11 @@ def merges_from_ranks(ranks: Mapping[bytes, int], n: int, start: int = 0) -> lis
         out.append((parts[0], parts[1]))
     return out
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #c96b66f5
 def merge_list(tok: Tokenizer | str, n: int = 1000, start: int = 0) -> list[tuple[bytes, bytes]]:
     "Merges `start..start+n` of a byte-level BPE tokenizer, as byte pairs in order."
     tok = load_tokenizer(tok) if isinstance(tok, str) else tok
-    if isinstance(tok, TiktokenTokenizer): return merges_from_ranks(tok.encoding._mergeable_ranks, n, start)
+    if isinstance(tok, TiktokenTokenizer): return merges_from_ranks(tok.ranks, n, start)
     if isinstance(tok, HFTokenizer) and tok.byte_alphabet and type(tok.to_hf().model).__name__ == "BPE":
         return read_hf_bpe(tok.to_hf())[1][start:start + n]
     raise TokenlabError(f"tokenizer {tok.name!r} ({tok.family}) is not a byte-level BPE with a merge list (SentencePiece and WordPiece models are excluded)")
@@ -95,10 +98,11 @@ def word_counts_of(text: str, vocab) -> Counter:
     for line in text.split("\n"): c.update(vocab.pretokenize(line + "\n"))
     return c
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #da997c47
 def _top_pairs(st: BPEState, k: int) -> list[tuple[int, int, int]]:
     "The `k` most frequent pairs (count, a, b) with a positive count; the heap is left as it was found (stale entries fixed)."
     top, seen = [], set()
-    while len(top) < k and (h := _head(st)) is not None and h[0] > 0:
+    while len(top) < k and (h := next_pair(st)) is not None and h[0] > 0:
         e = heapq.heappop(st.heap)
         if (e[1], e[2]) not in seen: seen.add((e[1], e[2])); top.append(e)
     for e in top: heapq.heappush(st.heap, e)
@@ -107,7 +111,7 @@ def _top_pairs(st: BPEState, k: int) -> list[tuple[int, int, int]]:
 def replay(counts: Counter, merges: Sequence[tuple[bytes, bytes]], pool: int = 50) -> tuple[np.ndarray, list[dict]]:
     "Per-byte count of each merge pair before it is applied, and of the `pool` most frequent pairs at that step."
     nbytes = sum(len(w) * c for w, c in counts.items())
-    st = _init_state(counts, ())
+    st = init_state(counts, ())
     ids = {v: i for i, v in enumerate(st.vocab)}
     mcount, tops = np.zeros(len(merges)), []
     for t, (A, B) in enumerate(merges):
@@ -117,7 +121,7 @@ def replay(counts: Counter, merges: Sequence[tuple[bytes, bytes]], pool: int = 5
         if new is None: new = ids[A + B] = len(st.vocab); st.vocab.append(A + B); st.freq.append(0)
         mcount[t] = st.pairs.get((a, b), 0) / nbytes
         tops.append({(st.vocab[x], st.vocab[y]): c / nbytes for c, x, y in _top_pairs(st, pool)})
-        for p, d in _apply(st, a, b, new).items():
+        for p, d in apply_merge(st, a, b, new).items():
             if d > 0: heapq.heappush(st.heap, (-st.pairs[p], *p))
     return mcount, tops
 
@@ -159,6 +163,7 @@ def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_ad
         active |= {(t, p) for _, t, p in sorted(viol, reverse=True)[: k_add * T]}
     return alpha, info
 
+# %% ../../nbs/tokenizers/07_mixture.ipynb #449c1bfb
 def infer_mixture(tok: Tokenizer | str, samples: Mapping[str, str], n_merges: int = 1000, start: int = 0,
                   pool: int = 30, **lp) -> tuple[pd.Series, dict]:
     "Estimated mixture (category -> share) of `tok`'s training data from its first merges, with solver info."

@@ -13,8 +13,8 @@ from ..lab.core import TokenlabError, check_choice
 
 # %% auto #0
 __all__ = ['SCHEMES', 'SPECIALS', 'PAD', 'BOS', 'EOS', 'PLUS', 'EQ', 'VOCAB', 'TOKEN_ID', 'EVAL_OFFSET', 'chunk', 'encode_number',
-           'decode_ids', 'prompt_ids', 'answer_ids', 'AdditionTask', 'greedy_decode', 'read_answer', 'predictions',
-           'accuracy', 'OracleLM', 'error_positions']
+           'decode_ids', 'prompt_ids', 'answer_ids', 'AdditionTask', 'OracleLM', 'greedy_decode', 'read_answer',
+           'predictions', 'accuracy', 'error_positions']
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #08c66c6a
 SCHEMES = ("digits", "l2r3", "r2l3")
@@ -23,6 +23,7 @@ PAD, BOS, EOS, PLUS, EQ = range(len(SPECIALS))
 VOCAB = list(SPECIALS) + [f"{i:0{w}d}" for w in (1, 2, 3) for i in range(10 ** w)]
 TOKEN_ID = {t: i for i, t in enumerate(VOCAB)}
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #567d054b
 def _number_str(number) -> str:
     s = str(number) if isinstance(number, int) and not isinstance(number, bool) and number >= 0 else number
     if not isinstance(s, str) or not s or not (s.isascii() and s.isdigit()):
@@ -36,10 +37,12 @@ def chunk(number_str, scheme: str) -> list[str]:
     first = 3 if scheme == "l2r3" else (len(s) % 3 or 3)
     return [s[:first]] + [s[i:i + 3] for i in range(first, len(s), 3)]
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #51bd79bc
 def encode_number(number, scheme: str) -> list[int]:
     "Token ids of a number under `scheme`."
     return [TOKEN_ID[c] for c in chunk(number, scheme)]
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #0ac351a3
 def decode_ids(ids) -> str:
     "The tokens of `ids` joined with `|` (for display), e.g. `<bos>|12|345|+|6|789|=`."
     return "|".join(VOCAB[int(i)] for i in ids)
@@ -51,10 +54,12 @@ def prompt_ids(a: int, b: int, scheme: str) -> list[int]:
     "`<bos> a + b =` as ids."
     return [BOS] + encode_number(a, scheme) + [PLUS] + encode_number(b, scheme) + [EQ]
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #ea0a7874
 def answer_ids(a: int, b: int, scheme: str) -> list[int]:
     "`(a + b) <eos>` as ids."
     return encode_number(a + b, scheme) + [EOS]
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #47d254b6
 @dataclass
 class AdditionTask:
     "Additions `a + b` with operands of `operand_digits` digits, tokenized with `scheme`; `task(g)` is a `train_lm` batch."
@@ -121,9 +126,26 @@ class AdditionTask:
         "`model -> {'accuracy': exact match, 'digit_accuracy': ...}` on the held-out pairs, for `train_lm(eval_fn=...)`."
         return lambda model: dict(zip(("accuracy", "digit_accuracy"), accuracy(model, self, batch_size=batch_size, digits=True)))
 
-# %% ../../nbs/tokenizers/10_numbers.ipynb #08df0fe7
-_DIGIT_CHUNK = torch.tensor([t.isdigit() for t in VOCAB])
+# %% ../../nbs/tokenizers/10_numbers.ipynb #0dbff6eb
+class OracleLM(torch.nn.Module):
+    "A 'model' that always emits the next token of the (optionally corrupted) answer."
+    def __init__(self, scheme: str, corrupt: Callable | None = None):
+        super().__init__()
+        self.scheme, self.corrupt = check_choice("number scheme", scheme, SCHEMES), corrupt
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(vocab_size=len(VOCAB))
 
+    def forward(self, input_ids, **kw):
+        logits = torch.full((*input_ids.shape, len(VOCAB)), -1e4)
+        for r, row in enumerate(input_ids.tolist()):
+            plus, eq = row.index(PLUS), row.index(EQ)
+            a, b = (int("".join(VOCAB[t] for t in row[s:e])) for s, e in ((1, plus), (plus + 1, eq)))
+            target = answer_ids(0, self.corrupt(a, b) if self.corrupt else a + b, self.scheme)
+            k = len(row) - eq - 1
+            logits[r, -1, target[k] if k < len(target) else EOS] = 0.0
+        return SimpleNamespace(logits=logits)
+
+# %% ../../nbs/tokenizers/10_numbers.ipynb #08df0fe7
 @torch.no_grad()
 def greedy_decode(model, prompts: list[list[int]], max_new: int, batch_size: int = 512) -> list[list[int]]:
     "Greedy continuation (ids after the prompt, up to and including `<eos>`) of each prompt, batched by prompt length."
@@ -152,6 +174,9 @@ def greedy_decode(model, prompts: list[list[int]], max_new: int, batch_size: int
     if was_training: model.train()
     return out
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #f18b7f7d
+_DIGIT_CHUNK = torch.tensor([t.isdigit() for t in VOCAB])
+
 def read_answer(gen: list[int]) -> tuple[str, bool]:
     "(digits of the leading number chunks, exact form: only digit chunks, at least one, then `<eos>`)."
     digits = []
@@ -160,6 +185,7 @@ def read_answer(gen: list[int]) -> tuple[str, bool]:
         digits.append(VOCAB[t])
     return "".join(digits), False
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #c4585664
 def _digits_right(answer: str, pred: str) -> float:
     "Share of the answer's digits that the prediction has at the same position from the left."
     return sum(x == y for x, y in zip(answer, pred)) / len(answer)
@@ -178,29 +204,11 @@ def predictions(model, task: AdditionTask, pairs=None, batch_size: int = 512) ->
                          operand_len=op_len, answer_len=len(ans), longer=len(ans) > op_len, generated=decode_ids(gen)))
     return pd.DataFrame(rows)
 
+# %% ../../nbs/tokenizers/10_numbers.ipynb #67687b8b
 def accuracy(model, task: AdditionTask, pairs=None, batch_size: int = 512, digits: bool = False):
     "Exact-match accuracy of greedy answers (default: on the held-out pairs); `digits=True`: also the digit accuracy."
     pr = predictions(model, task, pairs, batch_size)
     return (float(pr.correct.mean()), float(pr.digits_right.mean())) if digits else float(pr.correct.mean())
-
-# %% ../../nbs/tokenizers/10_numbers.ipynb #0dbff6eb
-class OracleLM(torch.nn.Module):
-    "A 'model' that always emits the next token of the (optionally corrupted) answer."
-    def __init__(self, scheme: str, corrupt: Callable | None = None):
-        super().__init__()
-        self.scheme, self.corrupt = check_choice("number scheme", scheme, SCHEMES), corrupt
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.config = SimpleNamespace(vocab_size=len(VOCAB))
-
-    def forward(self, input_ids, **kw):
-        logits = torch.full((*input_ids.shape, len(VOCAB)), -1e4)
-        for r, row in enumerate(input_ids.tolist()):
-            plus, eq = row.index(PLUS), row.index(EQ)
-            a, b = (int("".join(VOCAB[t] for t in row[s:e])) for s, e in ((1, plus), (plus + 1, eq)))
-            target = answer_ids(0, self.corrupt(a, b) if self.corrupt else a + b, self.scheme)
-            k = len(row) - eq - 1
-            logits[r, -1, target[k] if k < len(target) else EOS] = 0.0
-        return SimpleNamespace(logits=logits)
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #18f92679
 def error_positions(preds: pd.DataFrame, by: list[str] | tuple = ()) -> pd.DataFrame:

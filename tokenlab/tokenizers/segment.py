@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 import regex
-from ..lab.core import TokenlabError, check_choice
+from ..lab.core import TokenlabError
+from ..lab.registry import Registry
 from .backends import Tokenizer, TiktokenTokenizer, HFTokenizer, unicode_to_byte
 from .registry import load_tokenizer
 from .bpe import merge_parts, read_hf_bpe
@@ -32,9 +33,10 @@ class BPEVocab:
         self.max_len = max(map(len, self.ids))
         self.bytes_of = {i: b for b, i in self.ids.items()}
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #2f785627
 def _tiktoken_vocab(tok: TiktokenTokenizer) -> BPEVocab:
-    ranks, off = tok.encoding._mergeable_ranks, tok.offset
-    pat = regex.compile(tok.encoding._pat_str)
+    ranks, off = tok.ranks, tok.offset
+    pat = regex.compile(tok.pattern)
     return BPEVocab(tok.name, {b: r + off for b, r in ranks.items()}, lambda a, b: ranks.get(a + b),
                     lambda text: [m.encode("utf-8") for m in pat.findall(text)], ignore_merges=True)
 
@@ -60,11 +62,17 @@ def bpe_vocab(tok: Tokenizer | str) -> BPEVocab:
     raise TokenlabError(f"tokenizer {tok.name!r} ({tok.backend}) is not a byte-level BPE with merges; use a tiktoken or HF BPE tokenizer")
 
 # %% ../../nbs/tokenizers/06_segment.ipynb #dd9a9bba
+METHODS = Registry("inference method", "Ways to segment one pre-token with a fixed BPE vocabulary: `(BPEVocab, bytes) -> ids`.")
+
+# %% ../../nbs/tokenizers/06_segment.ipynb #8d42d5d4
+@METHODS.register("merge", paper="Sennrich et al. 2016 (BPE)")
 def seg_merge(v: BPEVocab, piece: bytes) -> list[int]:
     "Standard BPE (`bpe.merge_parts`): lowest-ranked adjacent pair first, leftmost on ties."
     if v.ignore_merges and piece in v.ids: return [v.ids[piece]]
     return [v.ids[p] for p in merge_parts(piece, v.pair_rank)]
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #2de731c1
+@METHODS.register("longest_prefix", paper="Uzan et al. 2024 (Greed is All You Need)")
 def seg_longest_prefix(v: BPEVocab, piece: bytes) -> list[int]:
     "Greedy: the longest vocabulary entry that prefixes the rest, repeatedly."
     out, i, n = [], 0, len(piece)
@@ -74,6 +82,8 @@ def seg_longest_prefix(v: BPEVocab, piece: bytes) -> list[int]:
             if t is not None: out.append(t); i = j; break
     return out
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #a4441ca9
+@METHODS.register("shortest_path", paper="Schmidt et al. 2024 (Tokenization Is More Than Compression)")
 def seg_shortest_path(v: BPEVocab, piece: bytes) -> list[int]:
     "Fewest tokens (DP over end positions); ties: longer last token, then lower id."
     n = len(piece)
@@ -92,15 +102,12 @@ def seg_shortest_path(v: BPEVocab, piece: bytes) -> list[int]:
         j, t = back[i]; out.append(t); i = j
     return out[::-1]
 
-METHODS: dict[str, Callable[[BPEVocab, bytes], list[int]]] = {
-    "merge": seg_merge, "longest_prefix": seg_longest_prefix, "shortest_path": seg_shortest_path}
-
 # %% ../../nbs/tokenizers/06_segment.ipynb #b4eb7b3b
 class Segmenter:
     "Encode text with one inference method over a `BPEVocab`; per-pre-token cache."
     def __init__(self, vocab: BPEVocab, method: str = "merge"):
-        self.vocab, self.method = vocab, check_choice("inference method", method, METHODS)
-        self._fn, self._cache = METHODS[method], {}
+        self._fn = METHODS[method]                  # an unknown name: one line listing the methods
+        self.vocab, self.method, self._cache = vocab, method, {}
         self.name = f"{vocab.name}/{method}"
 
     def _piece(self, p: bytes) -> list[int]:
@@ -125,6 +132,7 @@ class Segmenter:
 
     def decode(self, ids: Sequence[int]) -> str: return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
+# %% ../../nbs/tokenizers/06_segment.ipynb #8c872bb8
 def segmenters(tok: Tokenizer | str, methods: Sequence[str] | None = None) -> dict[str, Segmenter]:
     "One `Segmenter` per method (default: all) over the same vocabulary."
     v = bpe_vocab(tok)

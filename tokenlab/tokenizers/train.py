@@ -30,6 +30,7 @@ def _pipeline(kind: str, byte_level: bool):
     if kind == "bpe": return models.BPE(), trainers.BpeTrainer, pre, dec, alpha
     return models.Unigram(), trainers.UnigramTrainer, pre, dec, alpha
 
+# %% ../../nbs/tokenizers/04_train.ipynb #44152b2e
 def _texts(texts: Iterable[str]) -> list[str]:
     if isinstance(texts, str): texts = [texts]
     texts = list(texts)
@@ -37,6 +38,7 @@ def _texts(texts: Iterable[str]) -> list[str]:
     if not any(t.strip() for t in texts): raise TokenlabError("cannot train a tokenizer on an empty corpus (no non-whitespace text)")
     return texts
 
+# %% ../../nbs/tokenizers/04_train.ipynb #caadac61
 def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8000, *, byte_level: bool = True,
                     min_frequency: int = 0, special_tokens: Sequence[str] = (), name: str | None = None,
                     progress: bool = False) -> HFTokenizer:
@@ -57,6 +59,7 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8
     tok.train_from_iterator(texts, trainer_cls(**kw), length=len(texts))
     return HFTokenizer(name or f"trained-{kind}-{vocab_size}", tok)
 
+# %% ../../nbs/tokenizers/04_train.ipynb #fb77b009
 def save_tokenizer(tok: HFTokenizer, folder: Path | str) -> Path:
     "Write `tokenizer.json` and `tokenizer_config.json` (PreTrainedTokenizerFast) into `folder`; returns it."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)

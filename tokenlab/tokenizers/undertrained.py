@@ -22,13 +22,14 @@ CATEGORIES = ("special", "byte", "partial_utf8", "unreachable", "normal", "no_to
 def special_ids(tok: Tokenizer) -> set[int]:
     "Ids of control/added tokens of `tok` (never produced by ordinary encoding)."
     if isinstance(tok, TiktokenTokenizer):
-        return set(range(tok.offset)) | {i + tok.offset for i in tok.encoding._special_tokens.values()}
-    if isinstance(tok, HFTokenizer): return {i for i in tok._added if i < tok.vocab_size}
+        return set(range(tok.offset)) | {i + tok.offset for i in tok.special_tokens.values()}
+    if isinstance(tok, HFTokenizer): return {i for i in tok.added_tokens if i < tok.vocab_size}
     if isinstance(tok, SentencePieceTokenizer):
         sp = tok.sp
         return {i for i in range(tok.vocab_size) if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)}
     return set()
 
+# %% ../../nbs/tokenizers/08_undertrained.ipynb #8ea060c9
 def _category(b: bytes, special: bool) -> str:
     if special: return "special"
     try: b.decode("utf-8")
@@ -60,6 +61,7 @@ def tokenizer_indicators(tok: Tokenizer, batch_size: int = 20_000) -> pd.DataFra
     df["token"] = [tok.token_str(i) if c != "no_token" else "" for i, c in zip(df.id, df.category)]
     return df[["id", "token", "n_bytes", "category"]]
 
+# %% ../../nbs/tokenizers/08_undertrained.ipynb #33e523ff
 def indicator_summary(df: pd.DataFrame) -> dict:
     "Counts per category plus the vocabulary size."
     c = df.category.value_counts()
@@ -87,6 +89,7 @@ def reference_ids(ind: pd.DataFrame, model=None, min_reference: int = 4) -> tupl
     raise TokenlabError(f"no reference of unused tokens: {len(ref)} unreachable tokens and {len(col)} collapsed "
                         "special tokens; pass explicit reference ids to weight_indicators")
 
+# %% ../../nbs/tokenizers/08_undertrained.ipynb #5b889ab7
 def _remove_first_pc(m: torch.Tensor) -> torch.Tensor:
     c = m - m.mean(0)
     _, _, v = torch.linalg.svd(c[torch.randperm(len(c), generator=torch.Generator().manual_seed(0))[:20_000]], full_matrices=False)
@@ -111,6 +114,7 @@ def weight_indicators(model, reference: Sequence[int]) -> pd.DataFrame:
     return pd.DataFrame({"id": np.arange(len(U)), "cos_ref": cos.numpy(), "l2_ref": l2.numpy(),
                          "emb_norm": E.norm(dim=1).numpy(), "tied": tied})
 
+# %% ../../nbs/tokenizers/08_undertrained.ipynb #84c3e1f3
 def candidates(ind: pd.DataFrame, w: pd.DataFrame, share: float = 0.02, indicator: str = "cos_ref") -> pd.DataFrame:
     "The `share` of normal tokens that look most unused by `indicator` (high cos_ref / low l2_ref, emb_norm)."
     check_choice("indicator", indicator, ["cos_ref", "l2_ref", "emb_norm"])
@@ -136,6 +140,7 @@ def _prompt_parts(tok, prompt: tuple[str, str, str], bos: int | None) -> tuple[l
     reps = 4 if middle == " " else 1            # the long-repetition prompt: t, ' ', t, ' ', ... then predict t
     return pre, mid, reps
 
+# %% ../../nbs/tokenizers/08_undertrained.ipynb #6ff84bdd
 @torch.no_grad()
 def _next_prob(model, pre: list[int], variable: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     "P(next = target) after pre + variable, for a batch of variable parts (shared prefix cache)."
