@@ -216,12 +216,13 @@ def execute(job: Job, out_dir: Path, timeout: float | None = None, exp_dir: Path
     return dict(name=job.name, **res, seconds=time.perf_counter() - t0)
 
 # %% ../../nbs/lab/05_runner.ipynb #e8c2520c
-def library_sha() -> str:
-    "sha256 over the source of the installed `tokenlab/*.py`."
+def library_sha(root: Path | None = None) -> str:
+    "sha256 over the source of every module of the installed package (`tokenlab/**/*.py`, subpackages included)."
     import tokenlab
+    base = Path(root or Path(tokenlab.__file__).parent)
     h = hashlib.sha256()
-    for f in sorted(Path(tokenlab.__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in sorted(p for p in base.rglob("*.py") if "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 # %% ../../nbs/lab/05_runner.ipynb #a1935671
