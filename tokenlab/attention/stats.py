@@ -32,6 +32,30 @@ def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
     nz = torch.nonzero(mask.reshape(-1, mask.shape[-1]).any(0))
     return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 1)
 
+# %% ../../nbs/attention/00_stats.ipynb #78233140
+def _chunk_keys(s: int, e: int, K: int, off: int, is_causal: bool, sliding_window, pad, mask4, query_mask, dev):
+    """For the query chunk s..e: the keys it may see, `(k0, kend)`; the first column `c0` that `allowed` covers;
+    `allowed` (bool, broadcast to (B, H, e-s, kend-c0)); and an additive fp32 `bias` from a float 4-D mask (or None)."""
+    bias = None
+    if mask4 is None:
+        k0, kend = 0, (min(K, e + off) if is_causal else K)
+        if sliding_window is not None: k0 = max(0, s + off - sliding_window + 1)
+        qpos, kpos = torch.arange(s, e, device=dev) + off, torch.arange(k0, kend, device=dev)
+        c0 = k0
+        allowed = torch.ones(e - s, kend - c0, dtype=torch.bool, device=dev)
+        if is_causal: allowed &= kpos[None] <= qpos[:, None]
+        if sliding_window is not None: allowed &= (qpos[:, None] - kpos[None]) < sliding_window
+        allowed = allowed[None, None]
+        if pad is not None: allowed = allowed & pad[:, None, None, k0:kend]
+    else:
+        m = mask4[:, :, s:e]
+        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        k0, kend = _allowed_keys_range(allowed)
+        c0, allowed = k0, allowed[..., k0:kend]
+        if m.dtype != torch.bool: bias = m[..., k0:kend].to(torch.float32)
+    if query_mask is not None: allowed = allowed & query_mask[:, None, s:e, None].to(dev)
+    return k0, kend, c0, allowed, bias
+
 # %% ../../nbs/attention/00_stats.ipynb #bb787cf4
 @torch.no_grad()
 def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -83,26 +107,8 @@ def chunked_attention_stats(query: torch.Tensor, key: torch.Tensor, attention_ma
     tiny = torch.finfo(f32).tiny
     for s in range(0, Q, C):
         e = min(Q, s + C)
-        if fast:                                     # plain causal: only the diagonal block can be masked
-            k0, kend, c0 = 0, e + off, s + off
-            allowed = None
-        elif mask4 is None:
-            k0, kend = 0, (min(K, e + off) if is_causal else K)
-            if sliding_window is not None: k0 = max(0, s + off - sliding_window + 1)
-            qpos, kpos = torch.arange(s, e, device=dev) + off, torch.arange(k0, kend, device=dev)
-            c0 = k0
-            allowed = torch.ones(e - s, kend - c0, dtype=torch.bool, device=dev)
-            if is_causal: allowed &= kpos[None] <= qpos[:, None]
-            if sliding_window is not None: allowed &= (qpos[:, None] - kpos[None]) < sliding_window
-            allowed = allowed[None, None]
-            if pad is not None: allowed = allowed & pad[:, None, None, k0:kend]
-        else:
-            m = mask4[:, :, s:e]
-            allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
-            k0, kend = _allowed_keys_range(allowed)
-            c0, allowed = k0, allowed[..., k0:kend]
-        bias = m[..., k0:kend].to(f32) if mask4 is not None and m.dtype != torch.bool else None
-        if query_mask is not None: allowed = allowed & query_mask[:, None, s:e, None].to(dev)
+        k0, kend, c0, allowed, bias = (0, e + off, s + off, None, None) if fast else \
+            _chunk_keys(s, e, K, off, is_causal, sliding_window, pad, mask4, query_mask, dev)
         Cc, Kc = e - s, kend - k0
         n, shape = B * H * Cc * Kc, (B, Hkv, g, Cc, Kc)
         sc = torch.matmul(qs[:, :, :, s:e].reshape(B, Hkv, g * Cc, D), kT[..., k0:kend],
