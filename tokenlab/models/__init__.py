@@ -8,9 +8,9 @@ __all__ = []
 # %% ../../nbs/models/index.ipynb #45016001
 from ..lab.core import lazy_exports
 __getattr__, __dir__ = lazy_exports("tokenlab.models", {
-    "arch": ["MODELS", "ModelSpec", "Adapter", "model_spec", "hidden_of"],
+    "arch": ["MODELS", "REFUSED", "ModelSpec", "Adapter", "model_spec", "diagnose", "hidden_of"],
     "loading": ["load_model", "load_tokenizer"],
-    "tiny": ["TINY_TYPES", "tiny_config", "tiny_model", "tiny_inputs", "check_adapter"],
+    "tiny": ["TINY_TYPES", "tiny_config", "tiny_model", "tiny_inputs", "check_adapter", "architecture_report"],
     "hooks": ["observe", "observers", "AttentionCall", "use_attention", "set_attention", "attention_implementation",
               "forward_hooks", "register_attention", "attention_name"],
     "trainer": ["tiny_llama", "train_lm", "sequence_nll", "cached"],
