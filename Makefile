@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tokenlab-installed
 PROFILE ?= cpu
-JOBS ?= 1
+JOBS ?= 2
 
 .PHONY: help venv reproduce test test-fast smoke fetch lab export clean-nbs bench
 

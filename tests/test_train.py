@@ -39,7 +39,35 @@ def test_errors():
     with pytest.raises(TokenlabError, match="too small"): train_tokenizer(MIX, "bpe", 200)
 
 
-def test_byte_level_bpe_training_is_deterministic():
-    "HF's WordPiece/Unigram trainers are not (tokenizers#1794, QUARANTINES.md); byte-level BPE must be."
-    a, b = (train_tokenizer(MIX, "bpe", 800).to_hf().to_str() for _ in range(2))
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_is_deterministic(kind):
+    "The same corpus gives the same tokenizer.json in every run (HF's own WordPiece/Unigram trainers do not: tokenizers#1794)."
+    a, b = (train_tokenizer(MIX, kind, 800).to_hf().to_str() for _ in range(2))
     assert a == b
+
+
+def test_unigram_gives_sentencepieces_ids():
+    "The Unigram tokenizer is SentencePiece's model in tokenizers: same ids as SentencePiece itself, lossless decoding."
+    import sentencepiece as spm
+    from tokenlab.tokenizers.train import sentencepiece_unigram
+    tok, raw = sentencepiece_unigram(MIX, 1500)
+    sp = spm.SentencePieceProcessor(model_proto=raw)
+    for text in MIX[:40] + ["  two  spaces\tand\ttabs\n", " leading", "漢字 ü ½ 🙂"]:
+        assert tok.encode(text).ids == sp.encode(text)
+        assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_wordpiece_follows_the_bpe_with_prefix_rule():
+    "Merging a and ##b gives ab, ##a and ##b gives ##ab; most frequent pair first, ties to the smaller ids; no [UNK] on training text."
+    from tokenlab.tokenizers.train import wordpiece_vocab
+    v = wordpiece_vocab({"aab": 10, "ab": 3}, 10, ["[UNK]"])
+    # pairs (a, ##a) and (##a, ##b) both occur 10 times: the tie goes to the smaller ids, (##a=1, ##b=2) -> "##ab";
+    # then (a, ##ab) -> "aab" (the right part loses its prefix), then (a, ##b) -> "ab"
+    assert v == ["[UNK]", "##a", "##b", "a", "##ab", "aab", "ab"]
+    tok = train_tokenizer(MIX, "wordpiece", 1500)
+    assert tok.unk_id not in tok.encode(MIX[0])
+
+
+def test_hf_trainers_remain_available():
+    tok = train_tokenizer(MIX, "unigram", 800, deterministic=False)
+    assert type(tok.to_hf().model).__name__ == "Unigram" and tok.decode(tok.encode("Everyone")) == "Everyone"

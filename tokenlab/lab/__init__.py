@@ -14,4 +14,5 @@ __getattr__, __dir__ = lazy_exports("tokenlab.lab", {
     "corpora": ["udhr_articles", "udhr_languages", "english_corpus"],
     "results": ["savefig", "save_table", "claim", "read_manifest"],
     "runner": ["run"],
+    "params": ["require"],
 })
