@@ -369,7 +369,8 @@ def _fetch_one(a: Asset) -> str | None:
         if fixed is None:
             _install(a, f); return "; ".join(done + ["re-extracted (its file list differs from the archive's)"])
         changed, missing = fixed
-        if c.state == "unrecorded": done.append(f"recorded the sha256 of its {len(_read_record(root / a.name))} files")
+        if c.state == "unrecorded":
+            n = len(_read_record(root / a.name)); done.append(f"recorded the sha256 of its {n} file{'s' * (n != 1)}")
         if changed: done.append(f"re-extracted {len(changed)} changed file{'s' * (len(changed) != 1)} ({_some(changed)})")
         if missing: done.append(f"re-extracted {len(missing)} missing file{'s' * (len(missing) != 1)} ({_some(missing)})")
         return "; ".join(done) or "record rewritten (the files match the archive)"
