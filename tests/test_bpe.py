@@ -97,3 +97,46 @@ def test_errors():
     with pytest.raises(TokenlabError, match="no bpe.json"): load_bpe("/nonexistent")
     with pytest.raises(TokenlabError, match=r"^unknown BPE variant 'dropout'; valid BPE variants: bpe, scaffold$"):
         train_bpe(["ab ab"], 300, variant="dropout")
+
+
+# ---- special tokens: encode and the exported tokenizer.json agree (HF's default: specials in text are matched) --------
+
+SPECIALS = ["<|endoftext|>", "<|end|>", "<s p>", "é!", "<pad>"]         # overlapping ("<|end" ...), with a space, non-ASCII
+
+
+@functools.cache
+def _with_specials():
+    texts = _english(60_000) + ["<|endoftext|> x <|end|>y <pad>"] * 3
+    return train_bpe(texts, 600, special_tokens=SPECIALS, progress=False)
+
+
+@functools.cache
+def _exported(tmp):
+    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
+    folder = _with_specials().save(tmp)
+    return Tokenizer.from_file(str(folder / "tokenizer.json")), AutoTokenizer.from_pretrained(folder)
+
+
+_piece = st.sampled_from(SPECIALS + ["<|", "|>", "end", "endoftext", "<s", " p>", "<", ">", "|", "é", "!", " ", "\n", "a", "the", "ab", "1"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_piece, max_size=25).map("".join))
+def test_encode_and_export_agree_on_special_tokens(tmp_path_factory, text):
+    hf, fast = _exported(tmp_path_factory.getbasetemp() / "bpe-specials")
+    ours = _with_specials().encode(text)
+    assert ours == hf.encode(text, add_special_tokens=False).ids == fast(text, add_special_tokens=False)["input_ids"]
+    assert _with_specials().decode(ours) == text
+
+
+def test_special_tokens_are_their_ids():
+    bpe = _with_specials()
+    ids = {t: bpe.ids[t.encode()] for t in SPECIALS}
+    assert list(ids.values()) == list(range(len(SPECIALS)))                      # specials first, in order
+    assert bpe.encode("a<|endoftext|>b") == bpe.encode("a") + [ids["<|endoftext|>"]] + bpe.encode("b")
+    assert bpe.encode("<|end|><|endoftext|>") == [ids["<|end|>"], ids["<|endoftext|>"]]
+    assert bpe.encode("x <s p>") == bpe.encode("x ") + [ids["<s p>"]]
+    assert ids["<|endoftext|>"] not in bpe.encode("<|endoftext|")                  # incomplete: text
+    with pytest.raises(TokenlabError, match="special tokens not in the vocabulary"):
+        ResearchBPE(bpe.vocab[len(SPECIALS):], [], special_tokens=["<nope>"])

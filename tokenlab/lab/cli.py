@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download and verify the external assets")
     f.add_argument("--tier", default="core", choices=["core", "models", "all"], help="asset tier (default: core)")
     f.add_argument("--name", action="append", default=None, metavar="N", help="only these assets; repeatable")
+    f.add_argument("--verify", action="store_true", help="only check the assets' files against their sha256 records; exit 1 if any is wrong")
     sub.add_parser("assets-md", help="regenerate data/ASSETS.md")
     return p
 
@@ -45,6 +46,7 @@ def _run(a) -> int:
 
 def _fetch(a) -> int:
     from tokenlab.lab import assets
+    if a.verify: return assets.verify_assets(tier=a.tier, names=a.name)
     assets.fetch(tier=a.tier, names=a.name, progress=True); return 0
 
 def _assets_md(a) -> int:

@@ -75,6 +75,10 @@ class ResearchBPE(Tokenizer):
         self.vocab_size = len(self.vocab)
         self.name = name or f"research-{variant}-{self.vocab_size - len(self.scaffold)}"
         self._pat, self._cache = regex.compile(BPE_SPLIT), {}
+        specials = sorted({t for t in self.special_tokens if t}, key=len, reverse=True)   # longest first: leftmost-longest match
+        missing = [t for t in specials if t.encode("utf-8") not in self.ids]
+        if missing: raise TokenlabError(f"special tokens not in the vocabulary: {', '.join(map(repr, missing))}")
+        self._special = regex.compile("|".join(map(regex.escape, specials))) if specials else None
 
     def _bpe(self, piece: bytes) -> list[int]:
         return [self.ids[p] for p in merge_parts(piece, lambda a, b: self.rank.get((a, b)))]
@@ -93,8 +97,18 @@ class ResearchBPE(Tokenizer):
             self._cache[key] = [x for t in ids for x in self.split_scaffold(t)] if scaffold_split and self.scaffold else ids
         return self._cache[key]
 
-    def encode_batch(self, texts):
-        return [[i for p in self._pat.findall(t) for i in self.encode_piece(p.encode("utf-8"))] for t in check_texts(texts)]
+    def _encode_text(self, t: str) -> list[int]:
+        return [i for p in self._pat.findall(t) for i in self.encode_piece(p.encode("utf-8"))]
+
+    def _encode_one(self, t: str) -> list[int]:
+        "Special tokens in `t` as their ids (as HF matches added special tokens), the text around them as BPE."
+        if self._special is None: return self._encode_text(t)
+        ids, pos = [], 0
+        for m in self._special.finditer(t):
+            ids += self._encode_text(t[pos:m.start()]) + [self.ids[m.group().encode("utf-8")]]; pos = m.end()
+        return ids + self._encode_text(t[pos:])
+
+    def encode_batch(self, texts): return [self._encode_one(t) for t in check_texts(texts)]
 
     def decode(self, ids): return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
     def token_bytes(self, id): return self.vocab[self._check_id(id)]
@@ -231,7 +245,13 @@ def to_hf(self: ResearchBPE):
     "The equivalent HF `tokenizers.Tokenizer` (scaffold tokens stay in its vocabulary: HF cannot split them)."
     from tokenizers import Tokenizer as HFTok, models, pre_tokenizers, decoders
     s = self.token_str
-    model = models.BPE(vocab={s(i): i for i in range(self.vocab_size)}, merges=[(s(a), s(b)) for a, b in self.merges])
+    special = {self.ids[t.encode("utf-8")]: t for t in self.special_tokens if t}
+    vocab = {special.get(i, s(i)): i for i in range(self.vocab_size)}              # specials under their own text
+    in_merges = {x for a, b in self.merges for x in (a, b, self.ids[self.vocab[a] + self.vocab[b]])}
+    if len(vocab) != self.vocab_size or any(special[i] != s(i) for i in in_merges & special.keys()):
+        raise TokenlabError("cannot export to tokenizer.json with the same ids: a special token's text is another token's "
+                            "byte-level spelling, or a special token is part of a merge")
+    model = models.BPE(vocab=vocab, merges=[(s(a), s(b)) for a, b in self.merges])
     tok = HFTok(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()

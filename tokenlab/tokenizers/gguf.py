@@ -13,7 +13,7 @@ from ..lab.core import TokenlabError
 # %% auto #0
 __all__ = ['PRE_REGEXES', 'IGNORE_MERGES', 'NORMAL', 'UNKNOWN', 'CONTROL', 'USER_DEFINED', 'UNUSED', 'BYTE', 'GGUF_MODELS',
            'GOLDEN_MARKER', 'read_gguf_metadata', 'bpe_to_hf', 'spm_to_hf', 'wordpiece_to_hf', 'gemma4_to_hf',
-           'gguf_to_hf', 'read_golden']
+           'gguf_to_hf', 'gguf_to_transformers', 'read_golden']
 
 # %% ../../nbs/tokenizers/02_gguf.ipynb #20050ed9
 _NP = {0: "u1", 1: "i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
@@ -77,7 +77,7 @@ PRE_REGEXES: dict[str, list[str]] = {
     "gpt-2": [_GPT2], "mpt": [_GPT2],
     "llama-bpe": [_LLAMA3], "llama3": [_LLAMA3],
     "qwen2": [_QWEN2], "qwen35": [_QWEN35],
-    "starcoder": ["\\p{N}", _GPT2], "refact": ["\\p{N}", _GPT2], "command-r": ["\\p{N}", _GPT2],
+    "starcoder": ["\\p{N}", _GPT2], "smollm": ["\\p{N}", _GPT2], "refact": ["\\p{N}", _GPT2], "command-r": ["\\p{N}", _GPT2],
     "falcon": ["[\\p{P}\\$\\+<=>\\^~\\|`]+", _GPT2, "[0-9][0-9][0-9]"],
     "deepseek-llm": ["[\r\n]", _DEEPSEEK_LETTERS,
                      "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", "\\s+$", _CJK, "\\p{N}+"],
@@ -171,6 +171,30 @@ def gguf_to_hf(path: Path | str) -> Tokenizer:
     if model == "bert": return wordpiece_to_hf(toks, types, m.get("unknown_token_id", 100))
     if model == "gemma4": return gemma4_to_hf(toks, m["merges"], types, m.get("unknown_token_id", 3))
     raise TokenlabError(f"GGUF tokenizer model {model!r} is not supported; supported: {', '.join(GGUF_MODELS)}")
+
+# %% ../../nbs/tokenizers/02_gguf.ipynb #36f3de7b
+_SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                "pad_token": "padding_token_id", "cls_token": "cls_token_id", "sep_token": "seperator_token_id",
+                "mask_token": "mask_token_id"}        # `seperator` is GGUF's own spelling
+
+def gguf_to_transformers(path: Path | str):
+    "The GGUF's tokenizer as a `transformers` fast tokenizer: `gguf_to_hf` plus its special tokens, BOS/EOS flags and chat template."
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import processors
+    m = {k.removeprefix("tokenizer."): v for k, v in read_gguf_metadata(path).items()}
+    tok, toks = gguf_to_hf(path), m["ggml.tokens"]
+    special = {k: toks[int(m[f"ggml.{key}"])] for k, key in _SPECIAL_IDS.items() if f"ggml.{key}" in m}
+    add = [k for k in ("bos", "eos") if m.get(f"ggml.add_{k}_token")]
+    if add:
+        for k in add:
+            if f"{k}_token" not in special: raise TokenlabError(f"{Path(path).name} sets add_{k}_token but has no {k}_token_id")
+        bos, eos = (f"{special[k + '_token']}" if k in add else "" for k in ("bos", "eos"))
+        seq = lambda x: " ".join(filter(None, [bos, x, eos]))
+        tok.post_processor = processors.TemplateProcessing(
+            single=seq("$A"), pair=seq("$A") + " " + seq("$B:1"),
+            special_tokens=[(special[f"{k}_token"], tok.token_to_id(special[f"{k}_token"])) for k in add])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False,
+                                   chat_template=m.get("chat_template"), **special)
 
 # %% ../../nbs/tokenizers/02_gguf.ipynb #641b7b29
 GOLDEN_MARKER = "\n__ggml_vocab_test__\n"
