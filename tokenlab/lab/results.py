@@ -288,8 +288,8 @@ def commit_run(stage: Path, dest: Path, notebook: str, run_id: str, run: dict | 
     stage, run = Path(stage), dict(run or {})
     f = stage / "entries.json"
     entries = json.loads(f.read_text()) if f.exists() else []
-    stamp = {"run_parameters": run.get("parameters"), "library_sha256": run.get("library_sha256"),
-             "notebook_sha256": run.get("notebook_sha256")}
+    stamp = _strict({"run_parameters": run.get("parameters"), "library_sha256": run.get("library_sha256"),
+                     "notebook_sha256": run.get("notebook_sha256")})
     entries = [{**e, "run_id": run_id, **stamp} for e in entries]
     missing = [p["path"] for e in entries for p in e["files"] if not (stage / p["path"]).exists()]
     if missing: raise TokenlabError(f"run {run_id} of {notebook!r}: staged file {missing[0]!r} is missing; nothing published")
