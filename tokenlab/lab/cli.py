@@ -4,7 +4,7 @@
 
 # %% ../../nbs/lab/06_cli.ipynb #743b5010
 from __future__ import annotations
-import argparse, sys
+import argparse, os, sys
 from .core import TokenlabError
 
 # %% auto #0
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokenlab: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("tokenlab: interrupted", file=sys.stderr); return 130
+    except BrokenPipeError:                      # `tokenlab run --list | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 1
 
 # %% ../../nbs/lab/06_cli.ipynb #3c1e0a04
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())

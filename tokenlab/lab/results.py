@@ -228,12 +228,15 @@ def _write_published(d: Path, man: dict) -> None:
 
 # %% ../../nbs/lab/04_results.ipynb #5e1d0a0f
 def _publish(d: Path, entries: list[dict], notebook: str | None, run_id: str | None, run: dict | None = None,
-             stage: Path | None = None) -> dict:
+             stage: Path | None = None, header: dict | None = None) -> dict:
     """The single writer of a folder: under its lock, move `entries`' files in from `stage` (if staged), merge
-    (`_merged`), delete the stale entries' files, write the manifest and the report. Returns the new manifest."""
-    d = Path(d); d.mkdir(parents=True, exist_ok=True)
+    (`_merged`), delete the stale entries' files, write the manifest (with `header`'s keys, e.g. `profile`, first)
+    and the report. Returns the new manifest."""
+    d, header = Path(d), dict(header or {})
+    d.mkdir(parents=True, exist_ok=True)
     with FileLock(str(d / ".MANIFEST.json.lock"), timeout=120):
         new, gone = _merged(read_manifest(d / "MANIFEST.json"), entries, notebook, run_id, run)
+        new = {**header, **{k: v for k, v in new.items() if k not in header}}
         if stage is not None:
             for e in entries:
                 for f in e["files"]: os.replace(Path(stage) / f["path"], d / f["path"])
@@ -282,8 +285,10 @@ def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
     return entry
 
 # %% ../../nbs/lab/04_results.ipynb #5e1d0a14
-def commit_run(stage: Path, dest: Path, notebook: str, run_id: str, run: dict | None = None) -> list[str]:
-    "Publish the outputs staged in `stage` by run `run_id` of `notebook` into folder `dest`; returns their ids."
+def commit_run(stage: Path, dest: Path, notebook: str, run_id: str, run: dict | None = None,
+               header: dict | None = None) -> list[str]:
+    """Publish the outputs staged in `stage` by run `run_id` of `notebook` into folder `dest`; returns their ids.
+    `header`: top-level manifest keys (`profile`, and `sweep` for a sweep point's folder)."""
     import shutil
     stage, run = Path(stage), dict(run or {})
     f = stage / "entries.json"
@@ -293,7 +298,7 @@ def commit_run(stage: Path, dest: Path, notebook: str, run_id: str, run: dict | 
     entries = [{**e, "run_id": run_id, **stamp} for e in entries]
     missing = [p["path"] for e in entries for p in e["files"] if not (stage / p["path"]).exists()]
     if missing: raise TokenlabError(f"run {run_id} of {notebook!r}: staged file {missing[0]!r} is missing; nothing published")
-    _publish(Path(dest), entries, notebook, run_id, run=_strict({**run, "run_id": run_id}), stage=stage)
+    _publish(Path(dest), entries, notebook, run_id, run=_strict({**run, "run_id": run_id}), stage=stage, header=header)
     shutil.rmtree(stage, ignore_errors=True)
     return [e["id"] for e in entries]
 

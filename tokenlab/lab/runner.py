@@ -352,32 +352,39 @@ def _kill_tree(proc: subprocess.Popen, tag: tuple[str, str] | None = None) -> No
 
 # %% ../../nbs/lab/05_runner.ipynb #2c6b1f1a
 def _watchdog_main() -> None:
-    "The watchdog (argv: batch id): reads `path <p>` / `bye` lines; on EOF without `bye` kills the batch, removes the paths."
+    "The watchdog (argv: batch id): reads tab-separated `path`/`job`/`done`/`bye` lines; on EOF without `bye` cleans up."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    batch, paths = sys.argv[1], []
+    batch, paths, jobs = sys.argv[1], [], {}
     for line in sys.stdin:
-        cmd, _, arg = line.rstrip("\n").partition(" ")
+        cmd, *args = line.rstrip("\n").split("\t")
         if cmd == "bye": return
-        if cmd == "path": paths.append(arg)
+        if cmd == "path": paths.append(args[0])
+        elif cmd == "job": jobs[args[0]] = args[1:]
+        elif cmd == "done": jobs.pop(args[0], None)
     for _ in range(20):
         pids = _tagged("TOKENLAB_BATCH", batch)
         if not pids: break
         _kill_pids(pids); time.sleep(0.1)
+    for run_id, (dest, stem, label) in jobs.items():
+        try: record_failure(Path(dest), stem, run_id, "the runner was killed (SIGKILL or a crash); nothing was published", label)
+        except (OSError, TokenlabError): pass
     for p in paths: shutil.rmtree(p, ignore_errors=True)
 
 # %% ../../nbs/lab/05_runner.ipynb #2c6b1f1b
 class _Watchdog:
-    "The runner's end of the watchdog: `add(path)` while running, `close()` at the end."
+    "The runner's end of the watchdog: `add(path)`, `job(...)` / `done(run_id)` while running, `close()` at the end."
     def __init__(self, batch: str):
         self.proc = subprocess.Popen([sys.executable, "-c", "from tokenlab.lab.runner import _watchdog_main; _watchdog_main()",
                                       batch], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      text=True, start_new_session=True)
 
-    def _say(self, line: str) -> None:
-        try: self.proc.stdin.write(line + "\n"); self.proc.stdin.flush()
+    def _say(self, *fields) -> None:
+        try: self.proc.stdin.write("\t".join(str(f).replace("\t", " ").replace("\n", " ") for f in fields) + "\n"); self.proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError): pass
 
-    def add(self, path) -> None: self._say(f"path {path}")
+    def add(self, path) -> None: self._say("path", path)
+    def job(self, run_id: str, dest: Path, stem: str, label: str) -> None: self._say("job", run_id, dest, stem, label)
+    def done(self, run_id: str) -> None: self._say("done", run_id)
 
     def close(self) -> None:
         self._say("bye")
@@ -446,6 +453,11 @@ def resume_check(job: Job, lib: str) -> str | None:
         return "outputs of another run of the notebook are registered"
     return None
 
+# %% ../../nbs/lab/05_runner.ipynb #18491fce
+def _fmt_params(label: dict) -> str:
+    vals = {**label.get("_overrides", {}), **label.get("_sweep", {})}
+    return ", ".join(f"{k}={v}" for k, v in vals.items()) or "-"
+
 # %% ../../nbs/lab/05_runner.ipynb #2c6b1f21
 @dataclass
 class _Running:
@@ -457,6 +469,7 @@ class _Running:
     tmp: Path
     log: object
     record: dict
+    dog: _Watchdog | None = None
     t0: float = field(default_factory=time.perf_counter)
 
 # %% ../../nbs/lab/05_runner.ipynb #d7e21329
@@ -475,11 +488,12 @@ def _start(job: Job, out_dir: Path, exp_dir: Path | None, threads: int | None, p
                               "tmp": str(tmp), "parent": os.getpid()}))
     env = {**os.environ, **thread_env(threads, pinned), "TOKENLAB_PROFILE": job.params["profile"], "PYTHONUNBUFFERED": "1",
            "TOKENLAB_BATCH": batch, "TOKENLAB_RUN_ID": run_id, "TOKENLAB_STAGE": str(stage),
-           "JUPYTER_RUNTIME_DIR": str(tmp / "runtime")}
+           "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "TMPDIR": str(tmp)}
     log = open(out_dir / f"{job.name}.log", "wb")
     cmd = [sys.executable, "-c", "from tokenlab.lab.runner import _child_main; _child_main()", str(jf)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0)
-    return _Running(job, proc, run_id, stage, tmp, log, run_record(job, lib))
+    if dog: dog.job(run_id, job_dest(job), job.stem, _fmt_params(job.label))
+    return _Running(job, proc, run_id, stage, tmp, log, run_record(job, lib), dog)
 
 # %% ../../nbs/lab/05_runner.ipynb #2c6b1f22
 def _finish(h: _Running, status: str | None = None, error: str | None = None) -> dict:
@@ -493,12 +507,14 @@ def _finish(h: _Running, status: str | None = None, error: str | None = None) ->
     dest = job_dest(h.job)
     if res["status"] == "ok":
         record = {**h.record, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        try: commit_run(h.stage, dest, h.job.stem, h.run_id, record)
+        header = {"profile": h.job.params["profile"], **({"sweep": h.job.name} if h.job.label.get("_sweep") else {})}
+        try: commit_run(h.stage, dest, h.job.stem, h.run_id, record, header)
         except (TokenlabError, OSError) as e: res = {"status": "failed", "error": f"could not publish the outputs: {e}"}
     if res["status"] != "ok":
         try: record_failure(dest, h.job.stem, h.run_id, res["error"] or res["status"], _fmt_params(h.job.label))
         except OSError: pass
     shutil.rmtree(h.stage, ignore_errors=True); shutil.rmtree(h.tmp, ignore_errors=True)
+    if h.dog: h.dog.done(h.run_id)
     return dict(name=h.job.name, status=res["status"], error=res["error"], seconds=seconds, run_id=h.run_id)
 
 # %% ../../nbs/lab/05_runner.ipynb #2c6b1f24
@@ -555,11 +571,6 @@ def execute(job: Job, out_dir: Path, timeout: float | None = None, exp_dir: Path
     done = []
     _batch([job], out_dir, jobs, timeout, exp_dir, library_sha(), _Signals(), lambda j, r: done.append(r))
     return done[0]
-
-# %% ../../nbs/lab/05_runner.ipynb #18491fce
-def _fmt_params(label: dict) -> str:
-    vals = {**label.get("_overrides", {}), **label.get("_sweep", {})}
-    return ", ".join(f"{k}={v}" for k, v in vals.items()) or "-"
 
 # %% ../../nbs/lab/05_runner.ipynb #d3ffce15
 def wall_line(results: list[dict], profile: str, wall: float) -> str:
