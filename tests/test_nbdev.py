@@ -56,18 +56,19 @@ def smoke_jobs1(tmp_path_factory, smoke_jobs2):
     return _smoke(tmp_path_factory.mktemp("smoke-jobs1"), 1)
 
 
-def _report(label: str, res: list[dict], wall: float, capsys) -> None:
+def _all_ok(label: str, res: list[dict], wall: float, capsys) -> None:
+    "Print the run's wall line and per-notebook seconds; every notebook must have succeeded."
     with capsys.disabled():
         print(f"\n{label}: " + runner.wall_line(res, "smoke", wall) + ": "
               + ", ".join(f"{r['name']} {r['seconds']:.1f} s" for r in res))
+    failed = [f"{r['name']}: {r['error']}" for r in res if r["status"] != "ok"]
+    assert not failed, "; ".join(failed)
 
 
 @pytest.mark.xdist_group("smoke")
 def test_smoke_profile_of_every_experiment(smoke_jobs2, capsys):
     res, wall, figs = smoke_jobs2
-    _report("--jobs 2", res, wall, capsys)
-    failed = [f"{r['name']}: {r['error']}" for r in res if r["status"] != "ok"]
-    assert not failed, "; ".join(failed)
+    _all_ok("--jobs 2", res, wall, capsys)
     man_file, rep_file = figs / "MANIFEST.json", figs / "REPORT.md"
     assert man_file.exists(), "no experiment registered any output"
     man, rep = json.loads(man_file.read_text()), rep_file.read_text()
@@ -83,10 +84,7 @@ def test_smoke_profile_of_every_experiment(smoke_jobs2, capsys):
 
 @pytest.mark.xdist_group("smoke")
 def test_smoke_profile_with_one_job(smoke_jobs1, capsys):
-    res, wall, _ = smoke_jobs1
-    _report("--jobs 1", res, wall, capsys)
-    failed = [f"{r['name']}: {r['error']}" for r in res if r["status"] != "ok"]
-    assert not failed, "; ".join(failed)
+    _all_ok("--jobs 1", *smoke_jobs1[:2], capsys)
 
 
 def output_hashes(figs: Path) -> dict[str, str]:
