@@ -562,6 +562,9 @@ def _batch(pending: list[Job], out_dir: Path, jobs: int, timeout: float | None, 
         for h in running:
             _kill_tree(h.proc, ("TOKENLAB_RUN_ID", h.run_id)); _finish(h, "failed", "the runner stopped on an error")
         shutil.rmtree(batch_dir, ignore_errors=True)
+        for d in {job_dest(j) for j in pending}:
+            try: (d / ".staging").rmdir()                     # only if empty: another batch may be staging there
+            except OSError: pass
         dog.close()
 
 # %% ../../nbs/lab/05_runner.ipynb #2c6b1f28
