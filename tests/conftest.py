@@ -8,9 +8,6 @@ import nbformat, pytest
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
-    # `-n N` distributes with `load`; `loadgroup` is the same for every test except those marked
-    # `xdist_group`: the two smoke runs of tests/test_nbdev.py share module fixtures and must run on one worker.
-    if getattr(config.option, "dist", "no") == "load": config.option.dist = "loadgroup"
 
 
 def pytest_collection_modifyitems(config, items):

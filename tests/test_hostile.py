@@ -180,6 +180,8 @@ def test_scalar_for_a_list_is_a_one_item_list():
     assert runner.plan(["tokenizer_parity"], "smoke", {"tokenizers": "all"})[0].params["tokenizers"] == "all"
     sweep = runner.plan(["tokenizer_parity"], "smoke", sweeps=runner.parse_sweeps(["tokenizers=gpt2,chars"]))
     assert [j.params["tokenizers"] for j in sweep] == [["gpt2"], ["chars"]]
+    for value, want in (("[1, 2]", [1, 2]), ("3", [3]), ("all", "all")):       # default "all": "all" or a list
+        assert runner.plan(["tokenizer_parity"], "smoke", {"articles": runner.parse_assignment(f"a={value}")[1]})[0].params["articles"] == want
 
 
 @pytest.mark.parametrize("args, msg", [

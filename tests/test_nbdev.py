@@ -33,31 +33,48 @@ def test_library_notebooks_pass_nbdev_test():
     assert "experiments" not in p.stdout + p.stderr
 
 
-def _smoke(base: Path, jobs: int) -> tuple[list[dict], float, Path]:
+def _smoke(base: Path, jobs: int) -> dict:
     "The smoke profile of every experiment with `jobs` parallel jobs, into `base`/figures and `base`/runs."
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOKENLAB_FIGURES", str(base / "figures"))
         mp.setenv("TOKENLAB_RUNS", str(base / "runs"))
         t0 = time.perf_counter()
         res = runner.run(None, "smoke", jobs=jobs, progress=False, echo=None, timeout=SMOKE_HANG_GUARD_S)
-        return res, time.perf_counter() - t0, base / "figures" / "smoke"
+        return {"res": res, "wall": time.perf_counter() - t0, "figs": str(base / "figures" / "smoke")}
 
 
-@pytest.fixture(scope="module")
+def _once(tmp_path_factory, name: str, make) -> dict:
+    """`make(folder)` once per test session, even across pytest-xdist workers (a file lock and a JSON result in the
+    workers' shared temporary folder): the suite pays for each smoke run once, whichever tests ask for it."""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder = shared / name
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(make(folder), default=str))
+    return json.loads(done.read_text())
+
+
+@pytest.fixture
 def smoke_jobs2(tmp_path_factory):
-    "The suite's one smoke run of every experiment, two at a time (also the first run of the reproduction test)."
+    "The suite's smoke run of every experiment, two at a time (also the first run of the reproduction test)."
     if not runner.list_notebooks(): pytest.skip("no experiment notebooks in nbs/experiments yet")
-    return _smoke(tmp_path_factory.mktemp("smoke-jobs2"), min(2, os.cpu_count() or 1))
+    return _once(tmp_path_factory, "smoke-jobs2", lambda d: _smoke(d, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture(scope="module")
-def smoke_jobs1(tmp_path_factory, smoke_jobs2):
+@pytest.fixture
+def smoke_jobs1(tmp_path_factory):
     "A second smoke run, one notebook at a time, into fresh folders (the reproduction test's second run)."
-    return _smoke(tmp_path_factory.mktemp("smoke-jobs1"), 1)
+    if not runner.list_notebooks(): pytest.skip("no experiment notebooks in nbs/experiments yet")
+    return _once(tmp_path_factory, "smoke-jobs1", lambda d: _smoke(d, 1))
 
 
-def _all_ok(label: str, res: list[dict], wall: float, capsys) -> None:
+def _all_ok(label: str, run: dict, capsys) -> None:
     "Print the run's wall line and per-notebook seconds; every notebook must have succeeded."
+    res, wall = run["res"], run["wall"]
     with capsys.disabled():
         print(f"\n{label}: " + runner.wall_line(res, "smoke", wall) + ": "
               + ", ".join(f"{r['name']} {r['seconds']:.1f} s" for r in res))
@@ -65,10 +82,9 @@ def _all_ok(label: str, res: list[dict], wall: float, capsys) -> None:
     assert not failed, "; ".join(failed)
 
 
-@pytest.mark.xdist_group("smoke")
 def test_smoke_profile_of_every_experiment(smoke_jobs2, capsys):
-    res, wall, figs = smoke_jobs2
-    _all_ok("--jobs 2", res, wall, capsys)
+    _all_ok("--jobs 2", smoke_jobs2, capsys)
+    res, figs = smoke_jobs2["res"], Path(smoke_jobs2["figs"])
     man_file, rep_file = figs / "MANIFEST.json", figs / "REPORT.md"
     assert man_file.exists(), "no experiment registered any output"
     man, rep = json.loads(man_file.read_text()), rep_file.read_text()
@@ -82,9 +98,8 @@ def test_smoke_profile_of_every_experiment(smoke_jobs2, capsys):
     assert {o["run_id"] for o in man["outputs"].values()} <= {r["run_id"] for r in man["runs"].values()}
 
 
-@pytest.mark.xdist_group("smoke")
 def test_smoke_profile_with_one_job(smoke_jobs1, capsys):
-    _all_ok("--jobs 1", *smoke_jobs1[:2], capsys)
+    _all_ok("--jobs 1", smoke_jobs1, capsys)
 
 
 def output_hashes(figs: Path) -> dict[str, str]:
@@ -94,16 +109,16 @@ def output_hashes(figs: Path) -> dict[str, str]:
             and f.name not in ("MANIFEST.json", ".MANIFEST.json.lock") and ".staging" not in f.parts}
 
 
-@pytest.mark.xdist_group("smoke")
 @pytest.mark.xfail(strict=False, reason="waits for the experiment notebooks: seconds in tables and captions, threads "
                                         "not yet fixed by every profile (tests/QUARANTINES.md)")
 def test_smoke_outputs_do_not_depend_on_jobs(smoke_jobs2, smoke_jobs1):
     "Every output of the smoke profile, and REPORT.md, byte for byte the same with --jobs 2 and --jobs 1."
-    first, second = output_hashes(smoke_jobs2[2]), output_hashes(smoke_jobs1[2])
+    figs2, figs1 = Path(smoke_jobs2["figs"]), Path(smoke_jobs1["figs"])
+    first, second = output_hashes(figs2), output_hashes(figs1)
     assert "REPORT.md" in first and any(k.endswith(".png") for k in first) and any(k.endswith(".csv") for k in first)
     differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
     assert not differ, f"{len(differ)} of {len(first)} outputs differ between --jobs 2 and --jobs 1: {', '.join(differ)}"
-    m1, m2 = (stable_manifest(json.loads((r[2] / "MANIFEST.json").read_text())) for r in (smoke_jobs2, smoke_jobs1))
+    m1, m2 = (stable_manifest(json.loads((f / "MANIFEST.json").read_text())) for f in (figs2, figs1))
     assert m1 == m2, "MANIFEST.json differs in more than timings, dates, commit, run ids, device and versions"
 
 

@@ -165,12 +165,13 @@ def param_specs(path: Path, entry: dict | None = None) -> dict[str, ParamSpec]:
     specs = {}
     for name, d in _inspect(path).items():
         ann = d.get("inferred_type_name")
+        try: default = ast.literal_eval(d["default"])
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): default = None
         if ann and ann != "None": kinds, item = _annotation_kinds(ann)
-        else:
-            try: kinds, item = _default_kinds(ast.literal_eval(d["default"]))
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): kinds, item = None, None
-        sentinels = () if kinds is None or "str" in kinds else tuple(sorted(
-            {v[name] for v in (entry or {}).values() if isinstance(v, dict) and isinstance(v.get(name), str)}))
+        elif default == "all": kinds, item = ("list",), None          # the lab's convention: "all", or a list
+        else: kinds, item = _default_kinds(default)
+        used = {v[name] for v in (entry or {}).values() if isinstance(v, dict) and isinstance(v.get(name), str)}
+        sentinels = () if kinds is None or "str" in kinds else tuple(sorted(used | ({"all"} if default == "all" else set())))
         specs[name] = ParamSpec(name, kinds, item, sentinels)
     return specs
 
