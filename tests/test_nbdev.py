@@ -33,19 +33,59 @@ def test_library_notebooks_pass_nbdev_test():
     assert "experiments" not in p.stdout + p.stderr
 
 
-def test_smoke_profile_of_every_experiment(tmp_path, capsys):
-    stems = list(runner.list_notebooks())
-    if not stems: pytest.skip("no experiment notebooks in nbs/experiments yet")
-    t0 = time.perf_counter()
-    res = runner.run(None, "smoke", out_dir=tmp_path / "runs", jobs=min(2, os.cpu_count() or 1), progress=False,
-                     echo=None, timeout=SMOKE_HANG_GUARD_S)
-    wall = time.perf_counter() - t0
+def _smoke(base: Path, jobs: int) -> dict:
+    "The smoke profile of every experiment with `jobs` parallel jobs, into `base`/figures and `base`/runs."
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOKENLAB_FIGURES", str(base / "figures"))
+        mp.setenv("TOKENLAB_RUNS", str(base / "runs"))
+        t0 = time.perf_counter()
+        res = runner.run(None, "smoke", jobs=jobs, progress=False, echo=None, timeout=SMOKE_HANG_GUARD_S)
+        return {"res": res, "wall": time.perf_counter() - t0, "figs": str(base / "figures" / "smoke")}
+
+
+def _once(tmp_path_factory, name: str, make) -> dict:
+    """`make(folder)` once per test session, even across pytest-xdist workers (a file lock and a JSON result in the
+    workers' shared temporary folder): the suite pays for each smoke run once, whichever tests ask for it."""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder = shared / name
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(make(folder), default=str))
+    return json.loads(done.read_text())
+
+
+@pytest.fixture
+def smoke_jobs2(tmp_path_factory):
+    "The suite's smoke run of every experiment, two at a time (also the first run of the reproduction test)."
+    if not runner.list_notebooks(): pytest.skip("no experiment notebooks in nbs/experiments yet")
+    return _once(tmp_path_factory, "smoke-jobs2", lambda d: _smoke(d, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def smoke_jobs1(tmp_path_factory):
+    "A second smoke run, one notebook at a time, into fresh folders (the reproduction test's second run)."
+    if not runner.list_notebooks(): pytest.skip("no experiment notebooks in nbs/experiments yet")
+    return _once(tmp_path_factory, "smoke-jobs1", lambda d: _smoke(d, 1))
+
+
+def _all_ok(label: str, run: dict, capsys) -> None:
+    "Print the run's wall line and per-notebook seconds; every notebook must have succeeded."
+    res, wall = run["res"], run["wall"]
     with capsys.disabled():
-        print("\n" + runner.wall_line(res, "smoke", wall) + ": "
+        print(f"\n{label}: " + runner.wall_line(res, "smoke", wall) + ": "
               + ", ".join(f"{r['name']} {r['seconds']:.1f} s" for r in res))
     failed = [f"{r['name']}: {r['error']}" for r in res if r["status"] != "ok"]
     assert not failed, "; ".join(failed)
-    man_file, rep_file = figures_dir("smoke") / "MANIFEST.json", figures_dir("smoke") / "REPORT.md"
+
+
+def test_smoke_profile_of_every_experiment(smoke_jobs2, capsys):
+    _all_ok("--jobs 2", smoke_jobs2, capsys)
+    res, figs = smoke_jobs2["res"], Path(smoke_jobs2["figs"])
+    man_file, rep_file = figs / "MANIFEST.json", figs / "REPORT.md"
     assert man_file.exists(), "no experiment registered any output"
     man, rep = json.loads(man_file.read_text()), rep_file.read_text()
     for o in man["outputs"].values():
@@ -54,6 +94,40 @@ def test_smoke_profile_of_every_experiment(tmp_path, capsys):
         assert o["verdict"] in results.VERDICTS
         line = next((l for l in rep.splitlines() if results.md_cell(o["statement"]) in l), None)
         assert line and f"**{o['verdict']}**" in line, f"claim {o['id']} has no verdict in REPORT.md"
+    assert sorted(man["runs"]) == sorted(r["name"] for r in res)
+    assert {o["run_id"] for o in man["outputs"].values()} <= {r["run_id"] for r in man["runs"].values()}
+
+
+def test_smoke_profile_with_one_job(smoke_jobs1, capsys):
+    _all_ok("--jobs 1", smoke_jobs1, capsys)
+
+
+def output_hashes(figs: Path) -> dict[str, str]:
+    "sha256 of every published output (CSV, MD, PNG, SVG ...) and of REPORT.md; MANIFEST.json holds timings, left out."
+    from tokenlab.lab.core import sha256_file
+    return {str(f.relative_to(figs)): sha256_file(f) for f in sorted(figs.rglob("*")) if f.is_file()
+            and f.name not in ("MANIFEST.json", ".MANIFEST.json.lock") and ".staging" not in f.parts}
+
+
+def test_smoke_outputs_do_not_depend_on_jobs(smoke_jobs2, smoke_jobs1):
+    "Every output of the smoke profile, and REPORT.md, byte for byte the same with --jobs 2 and --jobs 1."
+    figs2, figs1 = Path(smoke_jobs2["figs"]), Path(smoke_jobs1["figs"])
+    first, second = output_hashes(figs2), output_hashes(figs1)
+    assert "REPORT.md" in first and any(k.endswith(".png") for k in first) and any(k.endswith(".csv") for k in first)
+    differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    assert not differ, f"{len(differ)} of {len(first)} outputs differ between --jobs 2 and --jobs 1: {', '.join(differ)}"
+    m1, m2 = (stable_manifest(json.loads((f / "MANIFEST.json").read_text())) for f in (figs2, figs1))
+    assert m1 == m2, "MANIFEST.json differs in more than timings, dates, commit, run ids, device and versions"
+
+
+VOLATILE = {"seconds", "finished", "run_id", "git", "device", "packages"}
+
+
+def stable_manifest(man: dict) -> dict:
+    "The manifest without what may differ between two runs: timings, dates, commit, run ids, device, versions."
+    strip = lambda d: {k: v for k, v in d.items() if k not in VOLATILE}
+    return {**man, "outputs": {i: strip(e) for i, e in man["outputs"].items()},
+            "runs": {n: strip(r) for n, r in man.get("runs", {}).items()}}
 
 
 def test_nbdev_clean_keeps_parameters_tag(tmp_path):

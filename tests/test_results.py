@@ -127,7 +127,7 @@ def test_killed_mid_write_leaves_previous_outputs_intact(experiments, tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
         landed, deadline = False, time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if pidfile.exists() and pidfile.read_text() and list(out.glob(".big.csv.*.tmp")):
+            if pidfile.exists() and pidfile.read_text() and list(out.glob(".staging/*/.big.csv.*.tmp")):   # staged write
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)    # the kernel, busy writing the CSV
                 landed = True
                 break
@@ -142,3 +142,4 @@ def test_killed_mid_write_leaves_previous_outputs_intact(experiments, tmp_path):
     man = json.loads(after[1])
     assert man["outputs"]["big"]["files"][0]["sha256"] == sha256_file(out / "big.csv")
     assert pd.read_csv(out / "big.csv").shape == (10, 8)
+    assert "- `killme` · " in (out / "FAILED_RUNS.md").read_text() and not list(out.glob(".staging/*"))

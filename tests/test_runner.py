@@ -4,7 +4,8 @@ import json, os, sys, time
 from pathlib import Path
 import pytest
 from tokenlab.lab import runner
-from tokenlab.lab.core import TokenlabError
+from tokenlab.lab.core import TokenlabError, figures_dir, sha256_file
+from tokenlab.lab.results import read_manifest
 
 PROBE = """
 import json, os, sys, time
@@ -90,6 +91,7 @@ def test_timeout_kills_the_kernel(experiments, tmp_path):
     res = _run(experiments, tmp_path, None, "smoke", {"pidfile": str(tmp_path / "k.pid")}, timeout=8)
     assert time.time() - t0 < 60
     assert res[0]["status"] == "failed" and res[0]["error"] == "timeout after 8 s"
+    assert "timeout after 8 s" in (figures_dir("smoke") / "FAILED_RUNS.md").read_text()
     pid = int((tmp_path / "k.pid").read_text())
     for _ in range(50):
         if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]: break
@@ -173,3 +175,99 @@ def test_resume_reruns_when_an_output_is_gone(experiments, tmp_path, monkeypatch
     (figs / "smoke" / "t1_table.csv").unlink()
     assert _run(experiments, tmp_path, ["t1"], "smoke", resume=True)[0]["status"] == "ok"
     assert (figs / "smoke" / "t1_table.csv").exists()
+
+
+THREADS = """
+import json, os
+json.dump({v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")},
+          open(out, "w"))
+"""
+
+
+def test_threads_parameter_pins_the_kernels_threads_whatever_jobs(experiments, tmp_path, monkeypatch):
+    "A positive `threads` fixes every thread variable, whatever --jobs and the user's own variables; 0 keeps the old rule."
+    for s in ("th1", "th2"):
+        experiments.add(s, f"profile = 'smoke'\nthreads = 0\nout = '{tmp_path}/{s}.json'", THREADS)
+    experiments.profiles("th1:\n  smoke: {threads: 3}\nth2:\n  smoke: {threads: 3}\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert _st(_run(experiments, tmp_path, None, "smoke", jobs=2)) == ["ok", "ok"]
+    assert seen(tmp_path, "th1") == seen(tmp_path, "th2") == {v: "3" for v in runner.THREAD_VARS}
+    assert _st(_run(experiments, tmp_path, ["th1"], "smoke", jobs=1)) == ["ok"]
+    assert seen(tmp_path, "th1") == {v: "3" for v in runner.THREAD_VARS}
+    assert _st(_run(experiments, tmp_path, ["th1"], "smoke", {"threads": 0}, jobs=2)) == ["ok"]   # old rule: the user's 7 kept
+    assert seen(tmp_path, "th1")["OMP_NUM_THREADS"] == "7"
+
+
+TAB = """
+import pandas as pd
+from tokenlab.lab import results
+results.init(NAME, profile, {"n": n}, 0)
+for i in range(n): results.save_table(pd.DataFrame({"i": [i], "n": [n]}), f"{NAME}_t{i}", f"table {i} of {n}")
+results.claim(f"{NAME}_c", f"{NAME}: n is small", n, "< 5", n < 5, "test")
+if fail_after: raise ValueError(f"failed after writing, n={n}")
+"""
+
+
+def add_tab(exp, stem: str, n: int = 2):
+    "A notebook that registers n tables and a claim (ids prefixed by its stem), then fails if `fail_after`."
+    return exp.add(stem, f"profile = 'smoke'\nn = {n}\nfail_after = False", f"NAME = {stem!r}\n" + TAB)
+
+
+def test_one_run_per_notebook_stale_outputs_removed(experiments, tmp_path):
+    add_tab(experiments, "tab")
+    figs = figures_dir("smoke")
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", {"n": 3})) == ["ok"]
+    assert sorted(read_manifest(figs / "MANIFEST.json")["outputs"]) == ["tab_c", "tab_t0", "tab_t1", "tab_t2"]
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", {"n": 1})) == ["ok"]
+    man = read_manifest(figs / "MANIFEST.json")
+    assert list(man["outputs"]) == ["tab_t0", "tab_c"] and man["runs"]["tab"]["outputs"] == ["tab_t0", "tab_c"]
+    assert {o["run_id"] for o in man["outputs"].values()} == {man["runs"]["tab"]["run_id"]}
+    assert not (figs / "tab_t1.csv").exists() and not (figs / "tab_t2.md").exists()
+    assert "tab_t1" not in (figs / "REPORT.md").read_text() and not list((figs / ".staging").glob("*"))
+
+
+def test_parallel_jobs_publish_into_one_manifest_in_a_fixed_order(experiments, tmp_path, monkeypatch):
+    "Two notebooks committing at once lose nothing (file lock); the report's order and bytes do not depend on --jobs."
+    for s in ("zeta", "alpha"): add_tab(experiments, s)
+    reports = []
+    for jobs in (2, 1):
+        monkeypatch.setenv("TOKENLAB_FIGURES", str(tmp_path / f"figs{jobs}"))
+        assert _st(_run(experiments, tmp_path, None, "smoke", jobs=jobs)) == ["ok", "ok"]
+        man = read_manifest(figures_dir("smoke") / "MANIFEST.json")
+        assert list(man["outputs"]) == ["alpha_t0", "alpha_t1", "alpha_c", "zeta_t0", "zeta_t1", "zeta_c"]
+        assert sorted(man["runs"]) == ["alpha", "zeta"]
+        reports.append((figures_dir("smoke") / "REPORT.md").read_bytes())
+    assert reports[0] == reports[1]
+
+
+def test_sweep_points_never_overwrite_each_other_and_resume_checks_each(experiments, tmp_path):
+    "The issue's case: `--sweep n=3,4` then `--resume`; each point has its folder, checked on its own."
+    add_tab(experiments, "tab")
+    figs, sweep = figures_dir("smoke"), runner.parse_sweeps(["n=3,4"])
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", sweeps=sweep)) == ["ok", "ok"]
+    p3, p4 = figs / "sweeps" / "tab" / "n=3", figs / "sweeps" / "tab" / "n=4"
+    assert len(read_manifest(p3 / "MANIFEST.json")["outputs"]) == 4 and len(read_manifest(p4 / "MANIFEST.json")["outputs"]) == 5
+    assert (p3 / "tab_t0.csv").read_text() == "i,n\n0,3\n" and (p4 / "tab_t0.csv").read_text() == "i,n\n0,4\n"
+    assert not (figs / "MANIFEST.json").exists(), "a sweep must not touch the profile's main outputs"
+    assert "sweep point `tab[n=3]`" in (p3 / "REPORT.md").read_text() and read_manifest(p3 / "MANIFEST.json")["profile"] == "smoke"
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", sweeps=sweep, resume=True)) == ["skipped", "skipped"]
+    (p4 / "tab_t1.csv").write_text("tampered")
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", sweeps=sweep, resume=True)) == ["skipped", "ok"]
+    assert (p4 / "tab_t1.csv").read_text() == "i,n\n1,4\n"
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", resume=True)) == ["ok"]       # main folder: never ran
+
+
+def test_resume_reads_the_manifest_not_the_state(experiments, tmp_path):
+    add_tab(experiments, "tab")
+    figs = figures_dir("smoke")
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke")) == ["ok"]
+    (tmp_path / "runs" / "state.json").unlink()                       # the state is not what resume trusts
+    res = _run(experiments, tmp_path, ["tab"], "smoke", resume=True)
+    assert _st(res) == ["skipped"] and res[0]["error"].startswith("unchanged since run ")
+    man = json.loads((figs / "MANIFEST.json").read_text())
+    man["outputs"]["tab_t1"]["run_parameters"]["n"] = 9                # an output made with other parameters
+    (figs / "MANIFEST.json").write_text(json.dumps(man))
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", resume=True)) == ["ok"]
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", {"n": 3}, resume=True)) == ["ok"]  # other parameters
+    (tmp_path / "runs" / "state.json").write_text("{not json")          # a damaged state is ignored and rewritten
+    assert _st(_run(experiments, tmp_path, ["tab"], "smoke", {"n": 3}, resume=True)) == ["skipped"]

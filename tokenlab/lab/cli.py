@@ -4,27 +4,34 @@
 
 # %% ../../nbs/lab/06_cli.ipynb #743b5010
 from __future__ import annotations
-import argparse, sys
+import argparse, os, sys
 from .core import TokenlabError
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
+# %% ../../nbs/lab/06_cli.ipynb #3c1e0a01
+class _Parser(argparse.ArgumentParser):
+    "argparse, with its errors on one line (`tokenlab: error: ...`, status 2) like every other user error."
+    def error(self, message):
+        self.exit(2, f"tokenlab: error: {message} (see `{self.prog} --help`)\n")
+
 # %% ../../nbs/lab/06_cli.ipynb #0c59f456
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of the `tokenlab` command."
-    p = argparse.ArgumentParser(prog="tokenlab", description="tokenlab: the life of tokens in transformers.")
+    p = _Parser(prog="tokenlab", description="tokenlab: the life of tokens in transformers.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,fetch,assets-md}")
     r = sub.add_parser("run", help="run experiment notebooks under a profile (papermill)")
     r.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook stems (default: all in nbs/experiments)")
     r.add_argument("--profile", default="smoke", help="parameter set from profiles.yaml: smoke | cpu | gpu (default: smoke)")
     r.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter (value parsed as YAML); repeatable")
+                   help="override a parameter (value parsed as YAML, checked against the notebook's parameter types); repeatable")
     r.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="run once per value; several sweeps form a grid")
-    r.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default: 1)")
-    r.add_argument("--timeout", type=float, default=None, metavar="S", help="per-notebook timeout in seconds")
-    r.add_argument("--resume", action="store_true", help="skip notebooks unchanged since their last successful run")
+    r.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel, >= 1 (default: 1)")
+    r.add_argument("--timeout", type=float, default=None, metavar="S", help="per-notebook timeout in seconds, > 0")
+    r.add_argument("--resume", action="store_true",
+                   help="skip notebooks whose published outputs were made from the same notebook, parameters and library")
     r.add_argument("--list", action="store_true", help="list notebooks, parameters and profile values, run nothing")
     r.add_argument("--dir", default=None, help="experiments folder (default: nbs/experiments)")
     f = sub.add_parser("fetch", help="download and verify the external assets")
@@ -42,7 +49,8 @@ def _run(a) -> int:
     overrides = dict(runner.parse_assignment(x) for x in a.param)
     res = runner.run(a.notebooks or None, a.profile, overrides, runner.parse_sweeps(a.sweep), jobs=a.jobs,
                      timeout=a.timeout, resume=a.resume, exp_dir=a.dir)
-    return int(any(r["status"] == "failed" for r in res))
+    sig = next((r["signal"] for r in res if r.get("signal")), None)
+    return 128 + int(sig) if sig else int(any(r["status"] == "failed" for r in res))
 
 def _fetch(a) -> int:
     from tokenlab.lab import assets
@@ -61,3 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try: return {"run": _run, "fetch": _fetch, "assets-md": _assets_md}[a.command](a)
     except TokenlabError as e:
         print(f"tokenlab: error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        print("tokenlab: interrupted", file=sys.stderr); return 130
+    except BrokenPipeError:                      # `tokenlab run --list | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 1
+
+# %% ../../nbs/lab/06_cli.ipynb #3c1e0a04
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())

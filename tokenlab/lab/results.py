@@ -4,7 +4,7 @@
 
 # %% ../../nbs/lab/04_results.ipynb #af3dd267
 from __future__ import annotations
-import json, os, random, re, subprocess, sys, time
+import importlib.util, json, math, os, random, re, secrets, subprocess, sys, time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -13,48 +13,88 @@ from .core import (TokenlabError, check_choice, figures_dir, atomic_path, atomic
                                device_description, repo_root)
 
 # %% auto #0
-__all__ = ['VERDICTS', 'PACKAGES', 'seed_everything', 'context', 'init', 'report_path', 'manifest_path', 'git_state',
-           'package_versions', 'read_manifest', 'md_cell', 'render_report', 'savefig', 'save_table', 'claim']
+__all__ = ['VERDICTS', 'PACKAGES', 'RESERVED', 'FAILED_HEAD', 'seed_everything', 'new_run_id', 'context', 'init', 'report_path',
+           'manifest_path', 'git_state', 'package_versions', 'read_manifest', 'md_cell', 'render_report', 'commit_run',
+           'record_failure', 'savefig', 'save_table', 'claim']
 
 # %% ../../nbs/lab/04_results.ipynb #33beea0b
 VERDICTS = ("holds", "direction only", "not reproduced", "reversed", "inconclusive")   # inconclusive: the run could not decide (e.g. nothing was learned)
 PACKAGES = ("tokenlab", "torch", "transformers", "tokenizers", "tiktoken", "numpy", "pandas", "matplotlib")
+RESERVED = ("MANIFEST", "REPORT", "FAILED_RUNS")   # the folder's own files: no output id may take these names
 _T_IMPORT = time.perf_counter()
 _CTX: dict | None = None
 
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a02
+def _torch_setup(torch, seed: int) -> None:
+    "Seed torch and switch on its deterministic algorithms (warnings only where an op has none)."
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a03
+class _TorchSetup:
+    "A one-shot `sys.meta_path` finder: when `torch` is first imported, run `_torch_setup` on it."
+    def __init__(self, seed: int): self.seed = seed
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch": return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.loader is None: return spec
+        load, seed = spec.loader.exec_module, self.seed
+        def exec_module(module):
+            load(module); _torch_setup(module, seed)
+        spec.loader.exec_module = exec_module
+        return spec
+
 # %% ../../nbs/lab/04_results.ipynb #a538409b
 def seed_everything(seed: int) -> int:
-    "Seed `random`, numpy and torch (if already imported: import it before `init`); returns `seed`."
+    "Seed `random`, numpy and torch, with torch's deterministic algorithms on (see above); returns `seed`."
     random.seed(seed)
     import numpy as np
     np.random.seed(seed % 2**32)
-    if "torch" in sys.modules: sys.modules["torch"].manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchSetup)]
+    if "torch" in sys.modules: _torch_setup(sys.modules["torch"], seed)
+    elif importlib.util.find_spec("torch") is not None: sys.meta_path.insert(0, _TorchSetup(seed))
     return seed
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a04
+def new_run_id() -> str:
+    "A fresh run id: UTC time and 6 random hex digits, e.g. `20250101T120000Z-3fa9c1`."
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 # %% ../../nbs/lab/04_results.ipynb #23c46aee
 def context() -> dict:
     "The current run context (a copy); outside a run: profile from `$TOKENLAB_PROFILE` or `smoke`."
     if _CTX is not None: return dict(_CTX)
+    stage = os.environ.get("TOKENLAB_STAGE")
     return dict(notebook=None, profile=os.environ.get("TOKENLAB_PROFILE") or "smoke", params={}, seed=None,
-                t0=_T_IMPORT)
+                t0=_T_IMPORT, run_id=os.environ.get("TOKENLAB_RUN_ID"), stage=Path(stage) if stage else None)
 
 # %% ../../nbs/lab/04_results.ipynb #91c99f96
 def init(notebook: str, profile: str, params: dict | None = None, seed: int = 0) -> dict:
-    "Start a run of `notebook` under `profile`: seed everything, start the clock, return the context."
+    "Start a run of `notebook` under `profile`: seed everything, name the run, start the clock, return the context."
     global _CTX
     if not isinstance(profile, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", profile):
         raise TokenlabError(f"invalid profile {profile!r}; use letters, digits, '_', '-', '.'")
+    stage = os.environ.get("TOKENLAB_STAGE")
     _CTX = dict(notebook=str(notebook), profile=profile, params=dict(params or {}), seed=seed,
-                t0=time.perf_counter())
+                t0=time.perf_counter(), run_id=os.environ.get("TOKENLAB_RUN_ID") or new_run_id(),
+                stage=Path(stage) if stage else None)
     seed_everything(seed)
+    if _CTX["stage"]: _stage_preview([])
     return context()
 
 # %% ../../nbs/lab/04_results.ipynb #79502c3e
 def _out_dir() -> Path: return figures_dir(context()["profile"])
 
+def _write_dir() -> Path: return context()["stage"] or _out_dir()
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a06
 def report_path() -> Path:
-    "`figures/<profile>/REPORT.md` of the current profile."
-    return _out_dir() / "REPORT.md"
+    "`figures/<profile>/REPORT.md` of the current profile (under the runner: the preview of this run's report)."
+    stage = context()["stage"]
+    return stage / "REPORT.md" if stage else _out_dir() / "REPORT.md"
 
 # %% ../../nbs/lab/04_results.ipynb #533d94fc
 def manifest_path() -> Path:
@@ -94,18 +134,37 @@ def _jsonable(x):
     if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0: return x.item()
     return str(x)
 
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a08
+def _strict(x, where: str = "", notes: list | None = None):
+    "`x` with every NaN / infinite float replaced by None; `notes` gets one line per replacement."
+    if isinstance(x, float) and not math.isfinite(x):
+        if notes is not None: notes.append(f"{where or 'value'} was {json.dumps(x)}, stored as null")
+        return None
+    if isinstance(x, dict): return {k: _strict(v, f"{where}.{k}" if where else str(k), notes) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_strict(v, f"{where}[{i}]", notes) for i, v in enumerate(x)]
+    return x
+
 # %% ../../nbs/lab/04_results.ipynb #5df77c84
 def _check_id(id: str) -> str:
+    "`id` if it is a valid output id, else a one-line error."
     if not isinstance(id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", id):
         raise TokenlabError(f"invalid output id {id!r}; use letters, digits, '_', '-', '.'")
+    if id.split(".")[0].upper() in RESERVED:
+        raise TokenlabError(f"output id {id!r} would clash with the folder's own files ({', '.join(RESERVED)}); "
+                            "choose another id")
     return id
 
 # %% ../../nbs/lab/04_results.ipynb #a323f6d8
 def read_manifest(path: Path | None = None) -> dict:
-    "The manifest as a dict (empty skeleton if none yet)."
+    "The manifest as a dict (empty skeleton if none yet); a damaged file is a one-line error."
     path = Path(path or manifest_path())
     if not path.exists(): return {"profile": path.parent.name, "outputs": {}}
-    return json.loads(path.read_text())
+    try:
+        man = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(man, dict) or not isinstance(man.get("outputs"), dict): raise ValueError("no 'outputs' mapping")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TokenlabError(f"{path} is not a valid manifest ({str(e).splitlines()[0]}); repair it or move it away") from None
+    return man
 
 # %% ../../nbs/lab/04_results.ipynb #1be1208a
 def md_cell(x) -> str:
@@ -115,17 +174,20 @@ def md_cell(x) -> str:
 # %% ../../nbs/lab/04_results.ipynb #9661ce95
 def render_report(man: dict) -> str:
     "REPORT.md text from a manifest: claims table, then figures and tables with captions (relative links)."
-    outs = list(man["outputs"].values())
+    outs = sorted(man["outputs"].values(), key=lambda o: str(o.get("notebook") or ""))
     notebooks = sorted({o["notebook"] or "-" for o in outs})
-    lines = [f"# tokenlab report: profile `{man['profile']}`", "",
+    where = f"profile `{man['profile']}`" + (f", sweep point `{man['sweep']}`" if man.get("sweep") else "")
+    lines = [f"# tokenlab report: {where}", "",
              f"Generated from `MANIFEST.json`: {len(outs)} outputs from {len(notebooks)} notebook(s) "
-             f"({', '.join(notebooks)}). Regenerate with `tokenlab run --profile {man['profile']}`.", ""]
+             f"({', '.join(notebooks)}). Regenerate with `tokenlab run --profile {man['profile']}`. "
+             "Runs that failed, timed out or were interrupted published nothing; `FAILED_RUNS.md` beside this file "
+             "lists them (no such file: none since each notebook last succeeded).", ""]
     claims = [o for o in outs if o["kind"] == "claim"]
     lines += ["## Claims", ""]
     if claims:
         lines += ["| paper / source | claim | expected | our measurement | verdict |", "|---|---|---|---|---|"]
         lines += [f"| {md_cell(c['source'])} | {md_cell(c['statement'])} | {md_cell(c['expected'])} | "
-                  f"{md_cell(c['measured'])} | **{c['verdict']}** |" for c in claims]
+                  f"{'n/a' if c['measured'] is None else md_cell(c['measured'])} | **{c['verdict']}** |" for c in claims]
     else: lines.append("No claims recorded yet.")
     for kind, title in (("figure", "Figures"), ("table", "Tables")):
         items = [o for o in outs if o["kind"] == kind]
@@ -138,29 +200,138 @@ def render_report(man: dict) -> str:
             lines.append(f"{links} · notebook `{o['notebook']}`")
     return "\n".join(lines) + "\n"
 
-# %% ../../nbs/lab/04_results.ipynb #c6bc36ed
-def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
-    "Record one output in MANIFEST.json (replacing an earlier entry of `id`) and rewrite REPORT.md."
-    ctx, d = context(), _out_dir()
-    entry = dict(id=id, kind=kind, **extra,
-                 files=[{"path": f.name, "sha256": sha256_file(f)} for f in files],
-                 notebook=ctx["notebook"], parameters=ctx["params"], seed=ctx["seed"], git=git_state(),
-                 packages=package_versions(), device=_device(),
-                 seconds=round(time.perf_counter() - ctx["t0"], 3))
-    entry = json.loads(json.dumps(entry, default=_jsonable))
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a0c
+def _merged(man: dict, entries: list[dict], notebook: str | None, run_id: str | None,
+            run: dict | None = None) -> tuple[dict, list[dict]]:
+    "`(new manifest, stale entries)` after publishing `entries` of run `run_id` of `notebook`."
+    outs, new_ids = dict(man["outputs"]), [e["id"] for e in entries]
+    prev = (man.get("runs") or {}).get(notebook) or {}
+    def stale(i, e):
+        if i in new_ids or run_id is None: return False
+        if e.get("notebook") == notebook and e.get("run_id") != run_id: return True
+        return i in prev.get("outputs", ()) and e.get("run_id") == prev.get("run_id") != run_id
+    gone = [e for i, e in outs.items() if stale(i, e)]
+    for e in gone: del outs[e["id"]]
+    for e in entries:
+        if e["id"] in outs and outs[e["id"]].get("run_id") != run_id: del outs[e["id"]]   # re-added in this run's order
+        outs[e["id"]] = e
+    outs = dict(sorted(outs.items(), key=lambda kv: str(kv[1].get("notebook") or "")))
+    new = {**man, "outputs": outs}
+    if run is not None: new["runs"] = dict(sorted({**(man.get("runs") or {}), notebook: {**run, "outputs": new_ids}}.items()))
+    return new, gone
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a0e
+def _write_published(d: Path, man: dict) -> None:
+    "Write `MANIFEST.json` (strict JSON) and `REPORT.md` of folder `d` atomically."
+    atomic_write_text(d / "MANIFEST.json", json.dumps(man, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(d / "REPORT.md", render_report(man))
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a0f
+def _publish(d: Path, entries: list[dict], notebook: str | None, run_id: str | None, run: dict | None = None,
+             stage: Path | None = None, header: dict | None = None) -> dict:
+    """The single writer of a folder: under its lock, move `entries`' files in from `stage` (if staged), merge
+    (`_merged`), delete the stale entries' files, write the manifest (with `header`'s keys, e.g. `profile`, first)
+    and the report. Returns the new manifest."""
+    d, header = Path(d), dict(header or {})
     d.mkdir(parents=True, exist_ok=True)
     with FileLock(str(d / ".MANIFEST.json.lock"), timeout=120):
-        man = read_manifest(d / "MANIFEST.json")
-        man["outputs"][id] = entry
-        atomic_write_text(d / "MANIFEST.json", json.dumps(man, indent=1, ensure_ascii=False) + "\n")
-        atomic_write_text(d / "REPORT.md", render_report(man))
+        new, gone = _merged(read_manifest(d / "MANIFEST.json"), entries, notebook, run_id, run)
+        new = {**header, **{k: v for k, v in new.items() if k not in header}}
+        if stage is not None:
+            for e in entries:
+                for f in e["files"]: os.replace(Path(stage) / f["path"], d / f["path"])
+        kept = {f["path"] for e in new["outputs"].values() for f in e["files"]}
+        for e in gone:
+            for f in e["files"]:
+                if f["path"] not in kept: (d / f["path"]).unlink(missing_ok=True)
+        _write_published(d, new)
+        if run is not None: _clear_failures(d, notebook)
+    return new
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a11
+def _entry(id: str, kind: str, files: list[Path], **extra) -> dict:
+    "The manifest entry of one output of the current run (strict JSON, with notes for NaN / infinity)."
+    ctx = context()
+    entry = dict(id=id, kind=kind, **extra,
+                 files=[{"path": f.name, "sha256": sha256_file(f)} for f in files],
+                 notebook=ctx["notebook"], parameters=ctx["params"], seed=ctx["seed"], run_id=ctx["run_id"],
+                 git=git_state(), packages=package_versions(), device=_device(),
+                 seconds=round(time.perf_counter() - ctx["t0"], 3))
+    notes = []
+    entry = _strict(json.loads(json.dumps(entry, default=_jsonable)), notes=notes)
+    return {**entry, "notes": notes} if notes else entry
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a12
+def _stage_preview(entries: list[dict]) -> None:
+    "Under the runner: write the stage's `REPORT.md`, the report this run would publish."
+    ctx = context()
+    try: man = read_manifest(_out_dir() / "MANIFEST.json")
+    except TokenlabError: man = {"profile": ctx["profile"], "outputs": {}}
+    atomic_write_text(ctx["stage"] / "REPORT.md", render_report(_merged(man, entries, ctx["notebook"], ctx["run_id"])[0]))
+
+# %% ../../nbs/lab/04_results.ipynb #c6bc36ed
+def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
+    "Record one output of the current run: staged under the runner, published at once otherwise."
+    ctx, entry = context(), _entry(id, kind, files, **extra)
+    if ctx["stage"] is None:
+        _publish(_out_dir(), [entry], ctx["notebook"], ctx["run_id"])
+        return entry
+    f = ctx["stage"] / "entries.json"
+    entries = json.loads(f.read_text()) if f.exists() else []
+    at = next((i for i, e in enumerate(entries) if e["id"] == id), len(entries))
+    entries[at:at + 1] = [entry]
+    atomic_write_text(f, json.dumps(entries, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    _stage_preview(entries)
     return entry
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a14
+def commit_run(stage: Path, dest: Path, notebook: str, run_id: str, run: dict | None = None,
+               header: dict | None = None) -> list[str]:
+    """Publish the outputs staged in `stage` by run `run_id` of `notebook` into folder `dest`; returns their ids.
+    `header`: top-level manifest keys (`profile`, and `sweep` for a sweep point's folder)."""
+    import shutil
+    stage, run = Path(stage), dict(run or {})
+    f = stage / "entries.json"
+    entries = json.loads(f.read_text()) if f.exists() else []
+    stamp = _strict({"run_parameters": run.get("parameters"), "library_sha256": run.get("library_sha256"),
+                     "notebook_sha256": run.get("notebook_sha256")})
+    entries = [{**e, "run_id": run_id, **stamp} for e in entries]
+    missing = [p["path"] for e in entries for p in e["files"] if not (stage / p["path"]).exists()]
+    if missing: raise TokenlabError(f"run {run_id} of {notebook!r}: staged file {missing[0]!r} is missing; nothing published")
+    _publish(Path(dest), entries, notebook, run_id, run=_strict({**run, "run_id": run_id}), stage=stage, header=header)
+    shutil.rmtree(stage, ignore_errors=True)
+    return [e["id"] for e in entries]
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a16
+FAILED_HEAD = ("# Failed runs\n\nRuns that failed, timed out or were interrupted since their notebook last succeeded. They "
+               "published nothing: the outputs, `MANIFEST.json` and `REPORT.md` in this folder come from each notebook's "
+               "last successful run. A notebook's lines are removed when it next succeeds.\n\n")
+
+def record_failure(dest: Path, notebook: str, run_id: str, error: str, label: str = "") -> Path:
+    "Append `- `notebook` · time · run id · parameters · error` to `dest/FAILED_RUNS.md`; returns its path."
+    d = Path(dest); d.mkdir(parents=True, exist_ok=True); f = d / "FAILED_RUNS.md"
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    line = f"- `{notebook}` · {when} · run `{run_id}`" + (f" · {md_cell(label)}" if label else "") + f" · {md_cell(error)}\n"
+    with FileLock(str(d / ".MANIFEST.json.lock"), timeout=120):
+        old = f.read_text(encoding="utf-8", errors="replace") if f.exists() else FAILED_HEAD
+        atomic_write_text(f, old + line)
+    return f
+
+# %% ../../nbs/lab/04_results.ipynb #5e1d0a17
+def _clear_failures(d: Path, notebook: str | None) -> None:
+    "Remove `notebook`'s lines from `d/FAILED_RUNS.md` (the caller holds the lock); remove the file if none is left."
+    f = Path(d) / "FAILED_RUNS.md"
+    if not f.exists(): return
+    lines = f.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    keep = [l for l in lines if not l.startswith(f"- `{notebook}` ")]
+    if not any(l.startswith("- ") for l in keep): f.unlink()
+    elif len(keep) != len(lines): atomic_write_text(f, "".join(keep))
 
 # %% ../../nbs/lab/04_results.ipynb #bb9e5591
 def savefig(fig, id: str, caption: str) -> Path:
     "Save `fig` as `<id>.png` (dpi 150) and `<id>.svg`, deterministically and atomically; returns the PNG path."
     import matplotlib
-    d, id = _out_dir(), _check_id(id)
+    d, id = _write_dir(), _check_id(id)
     png, svg = d / f"{id}.png", d / f"{id}.svg"
     with atomic_path(png) as tmp: fig.savefig(tmp, format="png", dpi=150, metadata={"Software": None})
     with matplotlib.rc_context({"svg.hashsalt": "tokenlab"}), atomic_path(svg) as tmp:
@@ -175,7 +346,7 @@ def _keep_index(df) -> bool:
 
 def save_table(df, id: str, caption: str, floatfmt: str = ".4g") -> Path:
     "Save `df` as `<id>.csv` and `<id>.md` (Markdown, `floatfmt`), atomically; returns the CSV path."
-    d, id = _out_dir(), _check_id(id)
+    d, id = _write_dir(), _check_id(id)
     csv, md = d / f"{id}.csv", d / f"{id}.md"
     keep = _keep_index(df)
     with atomic_path(csv) as tmp: df.to_csv(tmp, index=keep, lineterminator="\n")
