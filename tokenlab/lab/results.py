@@ -269,6 +269,23 @@ def _stage_preview(entries: list[dict]) -> None:
     except TokenlabError: man = {"profile": ctx["profile"], "outputs": {}}
     atomic_write_text(ctx["stage"] / "REPORT.md", render_report(_merged(man, entries, ctx["notebook"], ctx["run_id"])[0]))
 
+# %% ../../nbs/lab/04_results.ipynb #6242f21a
+def _check_kind(id: str, kind: str) -> str:
+    """`id` unless this run already saved an output of another kind under it: a figure and a table that shared an
+    id would share one manifest entry, and the later one would silently replace the earlier (one-line error)."""
+    ctx = context()
+    if ctx["stage"] is not None:
+        f = ctx["stage"] / "entries.json"
+        mine = {e["id"]: e for e in json.loads(f.read_text())} if f.exists() else {}
+    else:
+        try: man = read_manifest(_out_dir() / "MANIFEST.json")
+        except TokenlabError: man = {"outputs": {}}
+        mine = {i: e for i, e in man["outputs"].items() if e.get("run_id") == ctx["run_id"]}
+    if id in mine and mine[id]["kind"] != kind:
+        raise TokenlabError(f"output id {id!r} is already a {mine[id]['kind']} of this run; give the {kind} its own id "
+                            f"(e.g. {id + '_' + kind!r})")
+    return id
+
 # %% ../../nbs/lab/04_results.ipynb #c6bc36ed
 def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
     "Record one output of the current run: staged under the runner, published at once otherwise."
@@ -331,7 +348,7 @@ def _clear_failures(d: Path, notebook: str | None) -> None:
 def savefig(fig, id: str, caption: str) -> Path:
     "Save `fig` as `<id>.png` (dpi 150) and `<id>.svg`, deterministically and atomically; returns the PNG path."
     import matplotlib
-    d, id = _write_dir(), _check_id(id)
+    d, id = _write_dir(), _check_kind(_check_id(id), "figure")
     png, svg = d / f"{id}.png", d / f"{id}.svg"
     with atomic_path(png) as tmp: fig.savefig(tmp, format="png", dpi=150, metadata={"Software": None})
     with matplotlib.rc_context({"svg.hashsalt": "tokenlab"}), atomic_path(svg) as tmp:
@@ -346,7 +363,7 @@ def _keep_index(df) -> bool:
 
 def save_table(df, id: str, caption: str, floatfmt: str = ".4g") -> Path:
     "Save `df` as `<id>.csv` and `<id>.md` (Markdown, `floatfmt`), atomically; returns the CSV path."
-    d, id = _write_dir(), _check_id(id)
+    d, id = _write_dir(), _check_kind(_check_id(id), "table")
     csv, md = d / f"{id}.csv", d / f"{id}.md"
     keep = _keep_index(df)
     with atomic_path(csv) as tmp: df.to_csv(tmp, index=keep, lineterminator="\n")
@@ -360,5 +377,5 @@ def claim(id: str, statement: str, measured, expected, holds, source: str) -> di
     if isinstance(holds, bool) or type(holds).__name__ in ("bool", "bool_"): verdict = "holds" if holds else "not reproduced"
     else: verdict = check_choice("verdict", holds, VERDICTS)
     measured = measured if isinstance(measured, (int, float, str)) else _jsonable(measured)
-    return _register(_check_id(id), "claim", [], statement=statement, measured=measured, expected=str(expected),
+    return _register(_check_kind(_check_id(id), "claim"), "claim", [], statement=statement, measured=measured, expected=str(expected),
                      verdict=verdict, source=source)
