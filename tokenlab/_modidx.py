@@ -1126,4 +1126,5 @@ d = { 'settings': { 'branch': 'main',
                                                   'tokenlab.tokenizers.undertrained.verify_tokens': ( 'tokenizers/undertrained.html#verify_tokens',
                                                                                                       'tokenlab/tokenizers/undertrained.py'),
                                                   'tokenlab.tokenizers.undertrained.weight_indicators': ( 'tokenizers/undertrained.html#weight_indicators',
-                                                                                                          'tokenlab/tokenizers/undertrained.py')}}}
+                                                                                                          'tokenlab/tokenizers/undertrained.py')},
+            'tokenlab.vision.categories': {}}}
