@@ -15,7 +15,8 @@ from tokenlab.vision.world import (DISTRACTORS, PICTURES, PLURAL_ONLY, Difficult
 EMOJI = is_fetched("noto-emoji")
 needs_emoji = pytest.mark.skipif(not EMOJI, reason="asset 'noto-emoji' not fetched; run: tokenlab fetch --tier vision")
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-SHAPE_CATS = shape_vocabulary(("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle", "star", "heart")).categories
+COLS, SHAPES5 = ("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle", "star", "heart")
+SHAPE_CATS = shape_vocabulary(COLS, SHAPES5).categories
 
 
 @st.composite
@@ -71,13 +72,11 @@ def check_scene(w, s, vocab):
 @SETTINGS
 @given(grammars(SHAPE_CATS), difficulties(), st.integers(0, 2**32 - 1), st.integers(0, 10**6), st.sampled_from(["random", "raster", "size"]))
 def test_shapeworld_invariants_over_random_grammars(g, d, seed, i, order):
-    w = ShapeWorld(("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle", "star", "heart"), g, d,
-                   size=80, seed=seed, order=order)
+    w = ShapeWorld(g, d, size=80, seed=seed, order=order, colours=COLS, shapes=SHAPES5)
     for k in (i, i + 1):
         s = w.scene(k)
         check_scene(w, s, w.vocabulary)
-    twin = ShapeWorld(("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle", "star", "heart"),
-                      Grammar.from_dict(json.loads(json.dumps(g.to_dict()))), d, size=80, seed=seed, order=order)
+    twin = ShapeWorld(Grammar.from_dict(json.loads(json.dumps(g.to_dict()))), d, 80, seed, order, COLS, SHAPES5)
     assert scene_hash(twin.scene(i)) == scene_hash(w.scene(i)) and twin.card() == w.card()
     json.dumps(w.card())
 
@@ -97,8 +96,7 @@ def test_objectworld_invariants_over_random_grammars(g, d, seed, i, size):
 @given(grammars(SHAPE_CATS, max_types=2), st.integers(0, 1000))
 def test_grammar_frequencies_match_random_grammars(g, seed):
     "Over 3,000 scenes every category's frequency and every pair rule's joint frequency is within 5 standard errors."
-    w = ShapeWorld(("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle", "star", "heart"), g,
-                   {"objects": (0, 64), "instances": 1}, size=64, seed=seed)
+    w = ShapeWorld(g, {"objects": (0, 64), "instances": 1}, size=64, seed=seed, colours=COLS, shapes=SHAPES5)
     assert frequency_report(w, 3000, z=5.0) == []
 
 
@@ -159,6 +157,7 @@ def _one_line(f, match):
     ({"size": 8}, "image size 8 is not allowed"),
     ({"size": 24}, "too small for objects"),
     ({"size": 64.0}, "image size 64.0 is not allowed"),
+    ({"grammar": Grammar((SceneType("k", {"red circle": 0.5}),)), "difficulty": {"instances": (-2, 1)}}, "knob 'instances' is \\(-2, 1\\)"),
     ({"seed": -3}, "seed -3 is not a non-negative integer"),
     ({"seed": True}, "seed True is not a non-negative integer"),
     ({"order": "zigzag"}, "unknown caption order 'zigzag'"),
@@ -198,6 +197,7 @@ def test_impossible_count_bounds_fail_in_one_line():
     ({"distractors": ("dog2", "not_an_emoji")}, "no Noto emoji picture named 'not_an_emoji'"),
     ({"pictures": {"dog": "not_an_emoji"}}, "no Noto emoji picture named 'not_an_emoji'"),
     ({"size": 16}, "too small for objects of scale 0.18"),
+    ({"nouns": {"cup": "spaceship"}}, "noun 'spaceship' for category 'cup' is not one of its names"),
     ({"difficulty": {"clutter": 3}, "distractors": ()}, "asks for distractors but this world has no distractor pictures"),
 ])
 def test_objectworld_bad_input_is_one_line(kw, match):
