@@ -1344,4 +1344,6 @@ d = { 'settings': { 'branch': 'main',
                                        'tokenlab.vision.world.scale_picture': ( 'vision/world.html#scale_picture',
                                                                                 'tokenlab/vision/world.py'),
                                        'tokenlab.vision.world.scene_hash': ('vision/world.html#scene_hash', 'tokenlab/vision/world.py'),
+                                       'tokenlab.vision.world.scene_type_from_dict': ( 'vision/world.html#scene_type_from_dict',
+                                                                                       'tokenlab/vision/world.py'),
                                        'tokenlab.vision.world.transform': ('vision/world.html#transform', 'tokenlab/vision/world.py')}}}
