@@ -217,3 +217,15 @@ def test_objectworld_speed():
     w = ObjectWorld(seed=0); list(w.scenes(30))
     t = time.perf_counter(); list(w.scenes(50, start=30)); dt = (time.perf_counter() - t) / 50
     assert dt < 0.05, f"{dt * 1000:.1f} ms per scene"
+
+
+@pytest.mark.parametrize("kind", ["ShapeWorld", "ObjectWorld"])
+def test_true_captions_score_perfectly_with_the_evaluators(kind):
+    "The world's own captions, scored by tokenlab.vision.eval against the world's truth: CHAIR 0, recall 1."
+    from tokenlab.vision.eval import chair
+    if kind == "ObjectWorld" and not EMOJI: pytest.skip("asset 'noto-emoji' not fetched; run: tokenlab fetch --tier vision")
+    w = ShapeWorld(difficulty="medium", seed=2) if kind == "ShapeWorld" else ObjectWorld(difficulty="medium", seed=2)
+    scenes = list(w.scenes(40))
+    r = chair({s.id: s.caption for s in scenes}, {s.id: set(s.present) for s in scenes}, vocab=w.vocabulary)
+    assert (r.scores["chair_s"], r.scores["chair_i"], r.scores["recall"]) == (0.0, 0.0, 1.0)
+    assert r.scores["present_objects"] == sum(len(s.present) for s in scenes)
