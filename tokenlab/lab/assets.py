@@ -463,7 +463,7 @@ def _convert_smollm2() -> str | None:
 
 _DERIVED["smollm2"] = (_smollm2_problems, _convert_smollm2)
 
-# %% ../../nbs/lab/02_assets.ipynb
+# %% ../../nbs/lab/02_assets.ipynb #45b059e4
 def _derived_from(module: str, problems: str, rebuild: str) -> tuple:
     "A `_DERIVED` entry whose two functions live in `module`, imported when the asset is checked or fetched."
     import importlib
