@@ -9,6 +9,7 @@ BENCHMARKS = {
     "bpe_train": "bench.bpe_train",
     "mixture_lp": "bench.mixture_lp",
     "attn_stats": "bench.attn_stats",
+    "dinov2": "bench.dinov2",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

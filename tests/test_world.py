@@ -210,15 +210,6 @@ def test_objectworld_bad_input_is_one_line(kw, match):
     _one_line(lambda: ObjectWorld(**kw), match)
 
 
-@needs_emoji
-def test_objectworld_speed():
-    "A 224 px scene costs milliseconds once the pictures are cached (generous bound for a shared machine)."
-    import time
-    w = ObjectWorld(seed=0); list(w.scenes(30))
-    t = time.perf_counter(); list(w.scenes(50, start=30)); dt = (time.perf_counter() - t) / 50
-    assert dt < 0.05, f"{dt * 1000:.1f} ms per scene"
-
-
 @pytest.mark.parametrize("kind", ["ShapeWorld", "ObjectWorld"])
 def test_true_captions_score_perfectly_with_the_evaluators(kind):
     "The world's own captions, scored by tokenlab.vision.eval against the world's truth: CHAIR 0, recall 1."

