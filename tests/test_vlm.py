@@ -36,6 +36,7 @@ def test_caption_ask_and_span(three, mt):
     ids = vlm.prepare(imgs[:2], ["describe the image.", "is there a red square?"])["input_ids"]
     for (s, e), row in zip(vlm.adapter.image_token_span(ids), vlm.adapter.image_token_mask(ids)):
         assert e - s == int(row.sum()) == N_IMG[mt] and bool(row[s:e].all())
+    assert [len(r) for r in vlm.adapter.image_token_runs(ids)] == [1, 1]
 
 
 @pytest.mark.parametrize("mt", ["llava", "qwen2_vl", "idefics3"])
