@@ -123,7 +123,6 @@ def test_projector_training_save_load_round_trip(tmp_path, monkeypatch):
     with pytest.raises(TokenlabError, match="base weights differ"): load_trained("vlm-t", vc, lm, tok)
 
 
-@pytest.mark.slow
 def test_parts_with_smollm2_keeps_the_language_model():
     from transformers import Dinov2Config
     from tokenlab.lab.assets import smollm2_path
@@ -137,3 +136,22 @@ def test_parts_with_smollm2_keeps_the_language_model():
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits[..., :lm.config.vocab_size], lm(input_ids=ids).logits, atol=1e-4)
     assert proc.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == model.config.image_token_id == lm.config.vocab_size
+
+
+def test_idefics3_tiled_image_gives_one_run_per_tile(three):
+    "With image splitting (SmolVLM's default) a 32 px image becomes 2 x 2 tiles of 16 px + the global image: 5 runs of 4."
+    from transformers import Idefics3Processor, Idefics3ImageProcessorPil
+    from tokenlab.models.tiny import IMG
+    from tokenlab.vision.vlm import chat_template, CLIP_MEAN, CLIP_STD
+    specials = {"<image>": IMG, "<fake_token_around_image>": IMG - 1, "<global-img>": IMG - 2, "<end_of_utterance>": IMG - 3}
+    specials |= {f"<row_{i}_col_{j}>": IMG - 4 - (i - 1) * 6 - (j - 1) for i in range(1, 7) for j in range(1, 7)}
+    tok = word_tokenizer(["describe the image . user assistant"], specials=specials, vocab_size=IMG + 1)
+    ip = Idefics3ImageProcessorPil(do_image_splitting=True, size={"longest_edge": 32}, max_image_size={"longest_edge": 16},
+                                   image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    vlm = VLM(three["idefics3"][0], Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=chat_template()))
+    assert vlm.size_rule is None                                     # the processor tiles any size
+    x = vlm.prepare([PIL.Image.new("RGB", (32, 32), (200, 0, 0))], ["describe the image."])
+    runs = vlm.adapter.image_token_runs(x["input_ids"])[0]
+    assert len(runs) == 5 and all(e - s == 4 for s, e in runs)
+    with pytest.raises(TokenlabError, match="not one contiguous run"): vlm.adapter.image_token_span(x["input_ids"])
+    assert len(vlm.caption([PIL.Image.new("RGB", (32, 32))], max_new_tokens=2)) == 1
