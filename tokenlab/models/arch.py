@@ -347,3 +347,16 @@ def image_token_span(self: Adapter, input_ids):
     if len(pos) != stop - start:
         raise TokenlabError(f"image tokens are not one contiguous run ({len(pos)} tokens over positions {start}..{stop - 1}); use image_token_mask")
     return start, stop
+
+# %% ../../nbs/models/00_arch.ipynb #11546ad6
+@patch
+def image_token_runs(self: Adapter, input_ids):
+    "Every contiguous run of image tokens as `(start, stop)` pairs: for ids `(N,)` one list, for `(B, N)` a list per row."
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 2: return [self.image_token_runs(row) for row in ids]
+    pos = torch.nonzero(self.image_token_mask(ids)).flatten().tolist()
+    runs = []
+    for p in pos:
+        if runs and runs[-1][1] == p: runs[-1][1] = p + 1
+        else: runs.append([p, p + 1])
+    return [tuple(r) for r in runs]
