@@ -15,4 +15,5 @@ __getattr__, __dir__ = lazy_exports("tokenlab.vision", {
     "dinov2": ["dinov2_small", "cached_features"],
     "vlm": ["VLM", "tiny_vlm", "parts_vlm", "save_vlm"],
     "train": ["train_tiny", "train_projector", "save_trained", "load_trained", "zoo_vlm"],
+    "lens": ["logit_lens", "object_tokens", "LensTrace", "ObjectTokens"],
 })
