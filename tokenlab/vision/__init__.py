@@ -11,7 +11,7 @@ __getattr__, __dir__ = lazy_exports("tokenlab.vision", {
     "categories": ["COCO80", "COCO", "Vocabulary", "Mention"],
     "world": ["ObjectWorld", "Scene", "Placed", "Grammar", "SceneType", "Difficulty", "COCO_GRAMMAR"],
     "shapeworld": ["ShapeWorld"],
-    "eval": ["chair", "pope_questions", "pope_score", "EvalResult"],
+    "eval": ["chair", "pope_questions", "pope_score", "cooccurrence_share", "EvalResult"],
     "dinov2": ["dinov2_small", "cached_features"],
     "vlm": ["VLM", "tiny_vlm", "parts_vlm", "save_vlm"],
     "train": ["train_tiny", "train_projector", "save_trained", "load_trained", "zoo_vlm"],

@@ -14,7 +14,8 @@ from .categories import COCO, Vocabulary, Mention
 
 # %% auto #0
 __all__ = ['POPE_KINDS', 'POPE_TEMPLATE', 'eval_versions', 'EvalResult', 'check_truth', 'chair', 'PopeQuestion', 'PopeQuestions',
-           'pope_text', 'pope_statistics', 'pope_questions', 'pope_answer', 'pope_score', 'coco_truth']
+           'pope_text', 'pope_statistics', 'pope_questions', 'pope_answer', 'pope_score', 'cooccurrence_share',
+           'coco_truth']
 
 # %% ../../nbs/vision/03_eval.ipynb #71080601
 def eval_versions() -> dict:
@@ -276,6 +277,33 @@ def pope_score(questions: Iterable[PopeQuestion], answers: Mapping, *, prompt: s
     vocab = cfg.pop("vocabulary", "unknown")
     return EvalResult("pope", scores, list(dict.fromkeys(q.scene_id for q in qs)), vocab,
                       prompt if prompt is not None else cfg.get("template"), decoding, config=cfg, details=rows)
+
+# %% ../../nbs/vision/03_eval.ipynb #d4dc6fec
+def cooccurrence_share(result: EvalResult, train_truth: Mapping, k: int = 2, vocab: Vocabulary = COCO) -> EvalResult:
+    """Share of the hallucinated objects of CHAIR `result` that are top-`k` co-occurring partners (over `train_truth`)
+    of the objects present, and the exact share of a frequency-drawn chance model; an `EvalResult` ('cooccurrence')."""
+    if not isinstance(result, EvalResult) or result.metric != "chair": raise TokenlabError("result must be the EvalResult of chair(...)")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise TokenlabError(f"k must be a positive int (partners per category), got {k!r}")
+    t = check_truth(train_truth, vocab)
+    _, cooc = pope_statistics(t, vocab)
+    partners = {a: set(bs[:k]) for a, bs in cooc.items()}
+    freq = Counter(c for cats in t.values() for c in cats)
+    total, rows, n, hit, chance = sum(freq.values()), [], 0, 0, 0.0
+    for r in result.details:
+        present = set(r["present"])
+        near = set().union(*(partners.get(c, set()) for c in present)) - present
+        absent = total - sum(freq[c] for c in present)
+        p = sum(freq[c] for c in near) / absent if absent else 0.0
+        hits = [h for h in r["hallucinated"] if h in near]
+        n += len(r["hallucinated"]); hit += len(hits); chance += p * len(r["hallucinated"])
+        rows.append({"scene_id": r["scene_id"], "present": sorted(present), "partners": sorted(near), "hallucinated": r["hallucinated"],
+                     "partner_hallucinations": hits, "chance": p})
+    share, exp = _ratio(hit, n), _ratio(chance, n)
+    scores = {"hallucinated": n, "partner_hallucinations": hit, "share": share, "chance": exp,
+              "ratio": share / exp if share is not None and exp else None}
+    return EvalResult("cooccurrence", scores, list(result.scene_ids), vocab.name, result.prompt, result.decoding,
+                      config={"k": k, "train_scenes": len(t), "counting": "each hallucinated category once per caption",
+                              "chance": "absent categories drawn by training frequency"}, details=rows)
 
 # %% ../../nbs/vision/03_eval.ipynb #c0fe0f0a
 def coco_truth(instances: Mapping | Path | str, vocab: Vocabulary = COCO) -> dict[int, frozenset]:
