@@ -155,3 +155,16 @@ def test_idefics3_tiled_image_gives_one_run_per_tile(three):
     assert len(runs) == 5 and all(e - s == 4 for s, e in runs)
     with pytest.raises(TokenlabError, match="not one contiguous run"): vlm.adapter.image_token_span(x["input_ids"])
     assert len(vlm.caption([PIL.Image.new("RGB", (32, 32))], max_new_tokens=2)) == 1
+
+
+@pytest.mark.parametrize("name", ["vlm-calib-tiny", "vlm-calib-parts"])
+def test_committed_zoo_card_rebuilds_its_training_world(name):
+    "A committed zoo VLM's card records the world it was trained on, as written: rebuilt from the card it has the same fingerprint."
+    import json
+    from pathlib import Path
+    from tokenlab.vision import Grammar, ObjectWorld
+    card = json.loads((Path(__file__).parents[1] / "data" / "zoo" / name / "card.json").read_text())
+    w = json.loads(card["data"])
+    ow = ObjectWorld(Grammar.from_dict(w["grammar"]), w["difficulty"], size=w["size"], seed=w["seed"], order=w["order"])
+    assert ow.card()["fingerprint"] == w["fingerprint"]
+    assert list(w["grammar"]["scene_types"][0]["objects"])[0] == "cup"  # the grammar's own order, not sorted
