@@ -1,6 +1,6 @@
 """Shared pytest set-up: markers, and outputs redirected to temporary folders (tests never write figures/ or runs/)."""
 from __future__ import annotations
-import textwrap
+import os, signal, subprocess, sys, textwrap
 from pathlib import Path
 import nbformat, pytest
 
@@ -8,6 +8,44 @@ import nbformat, pytest
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+
+
+# --- the two smoke runs start in the background as soon as the tests needing them are collected (see smoke.py) ---
+SMOKE_USERS = {"smoke-jobs2": ("test_smoke_profile_of_every_experiment", "test_smoke_outputs_do_not_depend_on_jobs"),
+               "smoke-jobs1": ("test_smoke_profile_with_one_job", "test_smoke_outputs_do_not_depend_on_jobs")}
+_EAGER: list = []
+
+
+def _start_smoke(config, nodeids) -> None:
+    "Start (once) a background process per smoke run that a collected test needs, in the folder the workers share."
+    if _EAGER or os.environ.get("TOKENLAB_EAGER_SMOKE", "1") == "0" or hasattr(config, "workerinput"): return
+    names = [n for n, tests in SMOKE_USERS.items()
+             if any(i.split("::")[0].endswith("test_nbdev.py") and i.split("::")[-1] in tests for i in nodeids)]
+    if not names: return
+    shared = config._tmp_path_factory.getbasetemp()     # = every xdist worker's basetemp.parent
+    for name in names:
+        log = open(shared / f"{name}.eager.log", "wb")
+        _EAGER.append(subprocess.Popen([sys.executable, str(Path(__file__).parent / "smoke.py"), str(shared), name],
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    _start_smoke(node.config, ids)
+
+
+def pytest_collection_finish(session):
+    if session.items: _start_smoke(session.config, [i.nodeid for i in session.items])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    "An eager smoke run still going when the session ends (an early stop) is stopped with its kernels."
+    for p in _EAGER:
+        if p.poll() is None:
+            try: os.killpg(p.pid, signal.SIGTERM); p.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try: os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError: pass
 
 
 def pytest_collection_modifyitems(config, items):

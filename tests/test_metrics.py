@@ -17,8 +17,10 @@ def test_metrics_are_bounded_or_refused(name, s):
     tok = load_tokenizer(name)
     try:
         m = tokenizer_metrics(tok, s)
-    except TokenlabError as e:             # whitespace-only, or no words at all: a one-line error, never NaN
-        assert "\n" not in str(e) and (not s.strip() or not words(s))
+    except TokenlabError as e:  # whitespace-only, no words, or nothing left to tokenize: a one-line error, never NaN
+        assert "\n" not in str(e)
+        # BERT's normaliser drops combining marks, so e.g. "\u1dc0" is a word that gives no tokens (found by hypothesis)
+        assert not s.strip() or not words(s) or "produced no tokens" in str(e)
         return
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in m.values())
     assert 0 <= m["renyi_efficiency"] <= m["shannon_efficiency"] + 1e-12 <= 1 + 1e-12
@@ -72,3 +74,10 @@ def test_language_metrics_on_udhr_match_the_pooled_and_per_language_counts():
     assert by.tokens.tolist() == [sum(tok.count_tokens(list(texts[c].values()))) for c in texts]
     assert pooled["tokens"] == by.tokens.sum() and by.premium.iloc[0] == 1.0
     assert by.set_index("language").premium["cmn_hans"] > by.set_index("language").premium["fra"] > 1
+
+
+def test_a_text_the_tokenizer_drops_entirely_is_a_clear_error():
+    "A combining mark alone is a word, but BERT's normaliser strips it: no tokens, so no metrics (not a division by zero)."
+    tok = load_tokenizer("gguf:bert-bge")
+    with pytest.raises(TokenlabError, match="produced no tokens"):
+        tokenizer_metrics(tok, "\u1dc0")

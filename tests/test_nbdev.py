@@ -6,10 +6,10 @@ import pytest
 from tokenlab.lab import results
 from tokenlab.lab import runner
 from tokenlab.lab.core import repo_root, figures_dir
+import smoke
 
 ROOT = repo_root(Path(__file__).parent)
 BIN = Path(sys.executable).parent
-SMOKE_HANG_GUARD_S = 600   # per notebook: a hang guard, not a speed target (timings live in README/bench)
 
 
 def test_exported_package_matches_notebooks(tmp_path):
@@ -33,43 +33,24 @@ def test_library_notebooks_pass_nbdev_test():
     assert "experiments" not in p.stdout + p.stderr
 
 
-def _smoke(base: Path, jobs: int) -> dict:
-    "The smoke profile of every experiment with `jobs` parallel jobs, into `base`/figures and `base`/runs."
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TOKENLAB_FIGURES", str(base / "figures"))
-        mp.setenv("TOKENLAB_RUNS", str(base / "runs"))
-        t0 = time.perf_counter()
-        res = runner.run(None, "smoke", jobs=jobs, progress=False, echo=None, timeout=SMOKE_HANG_GUARD_S)
-        return {"res": res, "wall": time.perf_counter() - t0, "figs": str(base / "figures" / "smoke")}
-
-
-def _once(tmp_path_factory, name: str, make) -> dict:
-    """`make(folder)` once per test session, even across pytest-xdist workers (a file lock and a JSON result in the
-    workers' shared temporary folder): the suite pays for each smoke run once, whichever tests ask for it."""
-    from filelock import FileLock
+def _shared(tmp_path_factory) -> Path:
+    "The folder every pytest-xdist worker (and the controller) shares: the controller's base temporary folder."
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    done = shared / f"{name}.json"
-    with FileLock(str(shared / f"{name}.lock")):
-        if not done.exists():
-            folder = shared / name
-            folder.mkdir(exist_ok=True)
-            done.write_text(json.dumps(make(folder), default=str))
-    return json.loads(done.read_text())
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture
 def smoke_jobs2(tmp_path_factory):
     "The suite's smoke run of every experiment, two at a time (also the first run of the reproduction test)."
     if not runner.list_notebooks(): pytest.skip("no experiment notebooks in nbs/experiments yet")
-    return _once(tmp_path_factory, "smoke-jobs2", lambda d: _smoke(d, min(2, os.cpu_count() or 1)))
+    return smoke.once(_shared(tmp_path_factory), "smoke-jobs2")
 
 
 @pytest.fixture
 def smoke_jobs1(tmp_path_factory):
     "A second smoke run, one notebook at a time, into fresh folders (the reproduction test's second run)."
     if not runner.list_notebooks(): pytest.skip("no experiment notebooks in nbs/experiments yet")
-    return _once(tmp_path_factory, "smoke-jobs1", lambda d: _smoke(d, 1))
+    return smoke.once(_shared(tmp_path_factory), "smoke-jobs1")
 
 
 def _all_ok(label: str, run: dict, capsys) -> None:
