@@ -270,13 +270,16 @@ def _stage_preview(entries: list[dict]) -> None:
     atomic_write_text(ctx["stage"] / "REPORT.md", render_report(_merged(man, entries, ctx["notebook"], ctx["run_id"])[0]))
 
 # %% ../../nbs/lab/04_results.ipynb #6242f21a
+def _staged_entries(stage: Path) -> list[dict]:
+    "The manifest entries staged so far in `stage` by the current run (in the order they were saved)."
+    f = Path(stage) / "entries.json"
+    return json.loads(f.read_text()) if f.exists() else []
+
 def _check_kind(id: str, kind: str) -> str:
-    """`id` unless this run already saved an output of another kind under it: a figure and a table that shared an
+    """`id` (checked by `_check_id`) unless this run already saved an output of another kind under it: a figure and a table that shared an
     id would share one manifest entry, and the later one would silently replace the earlier (one-line error)."""
-    ctx = context()
-    if ctx["stage"] is not None:
-        f = ctx["stage"] / "entries.json"
-        mine = {e["id"]: e for e in json.loads(f.read_text())} if f.exists() else {}
+    ctx, id = context(), _check_id(id)
+    if ctx["stage"] is not None: mine = {e["id"]: e for e in _staged_entries(ctx["stage"])}
     else:
         try: man = read_manifest(_out_dir() / "MANIFEST.json")
         except TokenlabError: man = {"outputs": {}}
@@ -293,11 +296,10 @@ def _register(id: str, kind: str, files: list[Path], **extra) -> dict:
     if ctx["stage"] is None:
         _publish(_out_dir(), [entry], ctx["notebook"], ctx["run_id"])
         return entry
-    f = ctx["stage"] / "entries.json"
-    entries = json.loads(f.read_text()) if f.exists() else []
+    entries = _staged_entries(ctx["stage"])
     at = next((i for i, e in enumerate(entries) if e["id"] == id), len(entries))
     entries[at:at + 1] = [entry]
-    atomic_write_text(f, json.dumps(entries, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(ctx["stage"] / "entries.json", json.dumps(entries, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     _stage_preview(entries)
     return entry
 
@@ -308,8 +310,7 @@ def commit_run(stage: Path, dest: Path, notebook: str, run_id: str, run: dict | 
     `header`: top-level manifest keys (`profile`, and `sweep` for a sweep point's folder)."""
     import shutil
     stage, run = Path(stage), dict(run or {})
-    f = stage / "entries.json"
-    entries = json.loads(f.read_text()) if f.exists() else []
+    entries = _staged_entries(stage)
     stamp = _strict({"run_parameters": run.get("parameters"), "library_sha256": run.get("library_sha256"),
                      "notebook_sha256": run.get("notebook_sha256")})
     entries = [{**e, "run_id": run_id, **stamp} for e in entries]
@@ -348,7 +349,7 @@ def _clear_failures(d: Path, notebook: str | None) -> None:
 def savefig(fig, id: str, caption: str) -> Path:
     "Save `fig` as `<id>.png` (dpi 150) and `<id>.svg`, deterministically and atomically; returns the PNG path."
     import matplotlib
-    d, id = _write_dir(), _check_kind(_check_id(id), "figure")
+    d, id = _write_dir(), _check_kind(id, "figure")
     png, svg = d / f"{id}.png", d / f"{id}.svg"
     with atomic_path(png) as tmp: fig.savefig(tmp, format="png", dpi=150, metadata={"Software": None})
     with matplotlib.rc_context({"svg.hashsalt": "tokenlab"}), atomic_path(svg) as tmp:
@@ -363,7 +364,7 @@ def _keep_index(df) -> bool:
 
 def save_table(df, id: str, caption: str, floatfmt: str = ".4g") -> Path:
     "Save `df` as `<id>.csv` and `<id>.md` (Markdown, `floatfmt`), atomically; returns the CSV path."
-    d, id = _write_dir(), _check_kind(_check_id(id), "table")
+    d, id = _write_dir(), _check_kind(id, "table")
     csv, md = d / f"{id}.csv", d / f"{id}.md"
     keep = _keep_index(df)
     with atomic_path(csv) as tmp: df.to_csv(tmp, index=keep, lineterminator="\n")
@@ -377,5 +378,5 @@ def claim(id: str, statement: str, measured, expected, holds, source: str) -> di
     if isinstance(holds, bool) or type(holds).__name__ in ("bool", "bool_"): verdict = "holds" if holds else "not reproduced"
     else: verdict = check_choice("verdict", holds, VERDICTS)
     measured = measured if isinstance(measured, (int, float, str)) else _jsonable(measured)
-    return _register(_check_kind(_check_id(id), "claim"), "claim", [], statement=statement, measured=measured, expected=str(expected),
+    return _register(_check_kind(id, "claim"), "claim", [], statement=statement, measured=measured, expected=str(expected),
                      verdict=verdict, source=source)
