@@ -566,9 +566,16 @@ class Scenes:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise TokenlabError(f"scenes: {k} {v!r} is not a non-negative integer")
         self.world, self.n, self.start = world, n, start
     def __len__(self) -> int: return self.n
-    def __getitem__(self, k: int) -> Scene:
+    def __getitem__(self, k):
+        "A scene (`k` an int, negative from the end), or for a slice the sub-sequence: lazy `Scenes` for step 1, else a list."
+        if isinstance(k, slice):
+            a, b, step = k.indices(self.n)
+            if step == 1: return Scenes(self.world, max(0, b - a), self.start + a)
+            return [self.world.scene(self.start + j) for j in range(a, b, step)]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)): raise TypeError(f"scene index must be an integer or a slice, got {k!r}")
         if not -self.n <= k < self.n: raise IndexError(f"scene {k} of {self.n}")
-        return self.world.scene(self.start + k % self.n)
+        return self.world.scene(self.start + int(k) % self.n)
+    def __repr__(self) -> str: return f"Scenes({self.n} of {self.world.kind}, from {self.start})"
     def __iter__(self):
         for k in range(self.n): yield self.world.scene(self.start + k)
 
