@@ -168,3 +168,25 @@ def test_committed_zoo_card_rebuilds_its_training_world(name):
     ow = ObjectWorld(Grammar.from_dict(w["grammar"]), w["difficulty"], size=w["size"], seed=w["seed"], order=w["order"])
     assert ow.card()["fingerprint"] == w["fingerprint"]
     assert list(w["grammar"]["scene_types"][0]["objects"])[0] == "cup"  # the grammar's own order, not sorted
+
+
+@pytest.mark.parametrize("mt", ["llava", "qwen2_vl", "idefics3"])
+def test_any_architecture_through_the_evaluators(three, mt):
+    "ObjectWorld scenes -> captions and POPE answers of a random tiny llava / qwen2_vl / idefics3 -> CHAIR and POPE results."
+    from tokenlab.lab.assets import is_fetched
+    if not is_fetched("noto-emoji"): pytest.skip("asset 'noto-emoji' not fetched; run: tokenlab fetch --tier vision")
+    from tokenlab.vision import ObjectWorld
+    from tokenlab.vision.eval import chair, pope_questions, pope_score
+    vlm = VLM(*three[mt], resize=True)                       # 64 px scenes resized to the tiny model's input
+    scenes = list(ObjectWorld(seed=2, size=64).scenes(3))
+    caps = vlm.caption([s.image for s in scenes], max_new_tokens=6)
+    truth = {s.id: s.present for s in scenes}
+    r = chair(dict(zip(truth, caps)), truth, prompt=vlm.record["prompts"][0], decoding=vlm.record["decoding"])
+    assert r.scene_ids == list(truth) and r.decoding["max_new_tokens"] == 6 and r.scores["captions"] == 3
+    assert 0 <= r.scores["chair_s"] <= 1 and r.scores["present_objects"] == sum(len(t) for t in truth.values())
+    qs = pope_questions(truth, "adversarial", n=1, seed=0)
+    images = {s.id: s.image for s in scenes}
+    answers = vlm.ask([images[q.scene_id] for q in qs], [q.text for q in qs], max_new_tokens=3)
+    p = pope_score(qs, dict(zip((q.qid for q in qs), answers)), decoding=vlm.record["decoding"])
+    assert p.scores["questions"] == len(qs) == 2 * len(scenes) and p.scores["tp"] + p.scores["fn"] == len(scenes)
+    assert 0 <= p.scores["yes_ratio"] <= 1 and set(p.scene_ids) == set(truth)
