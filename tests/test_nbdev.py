@@ -1,11 +1,11 @@
 """The notebooks are the source: exported package in sync, library notebook tests, every experiment's smoke run."""
 from __future__ import annotations
-import json, os, shutil, subprocess, sys, time
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 from tokenlab.lab import results
 from tokenlab.lab import runner
-from tokenlab.lab.core import repo_root, figures_dir
+from tokenlab.lab.core import repo_root
 import smoke
 
 ROOT = repo_root(Path(__file__).parent)
