@@ -312,19 +312,32 @@ def decoding_config(self: VLM, **decoding) -> dict:
     return cfg
 
 # %% ../../nbs/vision/05_vlm.ipynb #4cc9cd1f
+def _generated_lengths(new: torch.Tensor, stops) -> list[int]:
+    "Tokens each row generated: up to and including its first stop token (the rest is padding)."
+    stops = [stops] if isinstance(stops, int) else list(stops or [])
+    hit = torch.isin(new, torch.tensor(stops, device=new.device)) if stops else torch.zeros_like(new, dtype=torch.bool)
+    first = torch.where(hit.any(-1), hit.float().argmax(-1) + 1, torch.full_like(new[:, 0], new.shape[1]))
+    return first.tolist()
+
 @patch
-def generate(self: VLM, images, prompts, **decoding) -> list[str]:
-    "Generated text (special tokens dropped, stripped) for each (image, prompt) pair, in batches of `batch_size`."
+def generate(self: VLM, images, prompts, steer=None, **decoding) -> list[str]:
+    """Generated text (special tokens dropped, stripped) for each (image, prompt) pair, in batches of `batch_size`.
+    `steer(model, inputs)`: a context manager around each batch's `generate` that yields extra `generate` keywords
+    (e.g. `tokenlab.steering.Steer([...])`)."""
     images = check_images(images, self.size_rule, self.resize)
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
-    cfg, texts = self.decoding_config(**decoding), []
+    if steer is not None and not callable(steer): raise TokenlabError(f"steer must be a callable such as tokenlab.steering.Steer([...]), not {type(steer).__name__}")
+    cfg, texts, lengths = self.decoding_config(**decoding), [], []
     for i in range(0, max(len(images), len(prompts)), self.batch_size):
         inputs = self.prepare(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
-        with torch.inference_mode(), image_pooling(self.model):
-            out = self.model.generate(**inputs, **cfg)
-        texts += [t.strip() for t in self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+        with torch.inference_mode(), image_pooling(self.model), (steer(self.model, inputs) if steer is not None else contextlib.nullcontext({})) as extra:
+            out = self.model.generate(**inputs, **cfg, **extra)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        lengths += _generated_lengths(new, cfg.get("eos_token_id"))
+        texts += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
     self.record = {"model_type": self.model_type, "prompts": sorted(set(prompts)), "decoding": cfg,
-                   "dtype": str(self.dtype), "batch_size": self.batch_size}
+                   "dtype": str(self.dtype), "batch_size": self.batch_size, "new_tokens": lengths,
+                   "steer": None if steer is None else repr(steer)}
     return texts
 
 @patch
