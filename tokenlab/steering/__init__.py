@@ -5,17 +5,18 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/steering/index.ipynb #76249038
+# %% ../../nbs/steering/index.ipynb
 from .base import (STEERING, SteerMethod, Steer, Steered, steering, make_method, as_methods,
                                     register_method, check_number, text_only, plausible)
 from .vcd import VCD, diffusion_noise
-from .m3id import M3ID, image_reliance
+from .m3id import M3ID, image_reliance, RelianceProbe
 from .dola import DoLa, dola_layers, jsd
 from .vista import VISTA, sla_window, steer_direction, steering_vectors
 from .pai import PAI, amplified_attention
-from .opera import OPERA, overtrust_scores, attention_row
-from .run import method_table
+from .opera import OPERA, overtrust_scores, attention_row, OvertrustProbe
+from .run import method_table, mention_steps
 __all__ = ["STEERING", "SteerMethod", "Steer", "Steered", "steering", "make_method", "as_methods", "register_method",
            "check_number", "text_only", "plausible", "VCD", "diffusion_noise", "M3ID", "image_reliance", "DoLa", "dola_layers",
            "jsd", "VISTA", "sla_window", "steer_direction", "steering_vectors", "PAI", "amplified_attention", "OPERA",
-           "overtrust_scores", "attention_row", "method_table"]
+           "overtrust_scores", "attention_row", "method_table", "RelianceProbe", "OvertrustProbe",
+           "mention_steps"]
