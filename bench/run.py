@@ -10,6 +10,7 @@ BENCHMARKS = {
     "mixture_lp": "bench.mixture_lp",
     "attn_stats": "bench.attn_stats",
     "dinov2": "bench.dinov2",
+    "steering_cost": "bench.steering_cost",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

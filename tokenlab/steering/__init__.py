@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/steering/index.ipynb
+# %% ../../nbs/steering/index.ipynb #974af36b
 from .base import (STEERING, SteerMethod, Steer, Steered, steering, make_method, as_methods,
                                     register_method, check_number, text_only, plausible)
 from .vcd import VCD, diffusion_noise

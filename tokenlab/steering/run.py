@@ -50,8 +50,9 @@ def chair_bootstrap(results: dict, baseline: str | None = None, n_boot: int = 10
         if baseline is not None:
             bp, bb = _chair_from(parts[baseline]), _chair_from(parts[baseline][idx])
             for j, m in enumerate(("chair_s", "chair_i")):
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    rel, relb = point[j] / bp[j] - 1, boot[:, j] / bb[:, j] - 1
+                with np.errstate(invalid="ignore", divide="ignore"):        # no baseline hallucination: the change is undefined
+                    rel = point[j] / bp[j] - 1 if bp[j] > 0 else np.nan
+                    relb = np.where(bb[:, j] > 0, boot[:, j] / bb[:, j] - 1, np.nan)
                 lo, hi = np.nanquantile(relb, q) if np.isfinite(relb).any() else (np.nan, np.nan)
                 row.update({f"{m}_rel": rel, f"{m}_rel_lo": lo, f"{m}_rel_hi": hi})
             d, db = point[2] - bp[2], boot[:, 2] - bb[:, 2]
