@@ -8,7 +8,7 @@ import contextlib, math, numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache
 from ..lab.core import TokenlabError
 from ..lab.registry import Registry
@@ -181,6 +181,8 @@ class SteerContext:
         self.model, self.inputs, self.stack, self.hooks = model, inputs, stack, hooks
         self.adapter = Adapter(model)
         self.processors = LogitsProcessorList()
+        self.stopping = StoppingCriteriaList()
+        self.generate_fn: Callable | None = None
         self.in_stream = 0
         self.current_stream: Stream | None = None
         self.streams: dict[str, Stream] = {}
@@ -227,6 +229,11 @@ class SteerContext:
         self.image_mask(what)
         return self.stream("text", lambda: text_only(self.adapter, self.inputs["input_ids"], self.inputs.get("attention_mask"), self.pad_id))
 
+    def set_generate(self, fn: Callable):
+        "A method that must drive `generate` itself (OPERA's retrospection) registers its wrapper here; only one may."
+        if self.generate_fn is not None: raise TokenlabError("two steering methods both drive generate (e.g. two OPERA); install one")
+        self.generate_fn = fn
+
     def stash(self, layers: Iterable[int]):
         "Keep the main stream's last-position output of each of `layers` (decoder-layer indices) at every forward."
         for l in layers:
@@ -250,7 +257,18 @@ class Steered:
     context: SteerContext
     record: dict = field(default_factory=dict)
 
-    def generate_kwargs(self) -> dict: return {"logits_processor": self.processors} if len(self.processors) else {}
+    def generate_kwargs(self) -> dict:
+        "Keywords for `generate`: the processors and stopping criteria, and `generate` when a method drives it (OPERA's retrospection)."
+        kw = {"logits_processor": self.processors} if len(self.processors) else {}
+        if len(self.context.stopping): kw["stopping_criteria"] = self.context.stopping
+        if self.context.generate_fn is not None: kw["generate"] = self.context.generate_fn
+        return kw
+
+    def generate(self, **kwargs):
+        "`model.generate(**kwargs)` with the methods' processors, stopping criteria and generate wrapper."
+        kw = self.generate_kwargs()
+        fn = kw.pop("generate", None) or self.context.model.generate
+        return fn(**kwargs, **kw)
 
 def as_methods(methods) -> list[SteerMethod]:
     "A list of built methods from one method, a name, or a list of them."

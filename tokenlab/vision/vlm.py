@@ -323,7 +323,7 @@ def _generated_lengths(new: torch.Tensor, stops) -> list[int]:
 def generate(self: VLM, images, prompts, steer=None, **decoding) -> list[str]:
     """Generated text (special tokens dropped, stripped) for each (image, prompt) pair, in batches of `batch_size`.
     `steer(model, inputs)`: a context manager around each batch's `generate` that yields extra `generate` keywords
-    (e.g. `tokenlab.steering.Steer([...])`)."""
+    (e.g. `tokenlab.steering.Steer([...])`); a `generate` keyword among them replaces `model.generate` (a wrapper that calls it)."""
     images = check_images(images, self.size_rule, self.resize)
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
     if steer is not None and not callable(steer): raise TokenlabError(f"steer must be a callable such as tokenlab.steering.Steer([...]), not {type(steer).__name__}")
@@ -331,7 +331,8 @@ def generate(self: VLM, images, prompts, steer=None, **decoding) -> list[str]:
     for i in range(0, max(len(images), len(prompts)), self.batch_size):
         inputs = self.prepare(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
         with torch.inference_mode(), image_pooling(self.model), (steer(self.model, inputs) if steer is not None else contextlib.nullcontext({})) as extra:
-            out = self.model.generate(**inputs, **cfg, **extra)
+            gen = extra.pop("generate", None) or self.model.generate      # a steering method may drive generate (OPERA's retrospection)
+            out = gen(**inputs, **cfg, **extra)
         new = out[:, inputs["input_ids"].shape[1]:]
         lengths += _generated_lengths(new, cfg.get("eos_token_id"))
         texts += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
