@@ -18,13 +18,16 @@ def dola_layers(n_layers: int, bucket) -> list[int]:
         js = list(range(lo, hi, 2))                    # hidden-state indices; layer j's output is hidden state j + 1
         out = [j - 1 for j in js if 1 <= j < n_layers]
     else:
-        if not isinstance(bucket, (list, tuple)) or not all(isinstance(l, int) and not isinstance(l, bool) for l in bucket):
+        if not _ints(bucket):
             raise TokenlabError(f"a DoLa bucket is 'low', 'high' or a list of layer indices (ints), got {bucket!r}")
         out = list(bucket)
         bad = [l for l in out if not 0 <= l < n_layers - 1]
         if bad: raise TokenlabError(f"DoLa layers {bad} are outside 0..{n_layers - 2} (the final layer cannot contrast with itself)")
     if not out: raise TokenlabError(f"the DoLa bucket {bucket!r} has no layer in a {n_layers}-layer model")
     return out
+
+def _ints(xs) -> bool:
+    return isinstance(xs, (list, tuple)) and all(isinstance(l, int) and not isinstance(l, bool) for l in xs)
 
 def jsd(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     "Jensen-Shannon divergence between rows of two log-distributions (..., V)."
@@ -48,6 +51,7 @@ class DoLa(SteerMethod):
         self.lam = check_number("lambda", self.lam, 0); self.beta = check_number("beta", self.beta, 0, 1)
         if isinstance(self.bucket, str) and self.bucket not in ("low", "high"):
             raise TokenlabError(f"unknown DoLa bucket {self.bucket!r}; valid: low, high, or a list of layer indices")
+        if not isinstance(self.bucket, str): dola_layers(max(self.bucket, default=0) + 2 if _ints(self.bucket) else 2, self.bucket)
     @property
     def neutral(self) -> bool: return self.lam == 0
 
