@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/steering/index.ipynb #974af36b
+# %% ../../nbs/steering/index.ipynb #825b6adb
 from .base import (STEERING, SteerMethod, Steer, Steered, steering, make_method, as_methods,
                                     register_method, check_number, text_only, plausible)
 from .vcd import VCD, diffusion_noise
@@ -14,9 +14,9 @@ from .dola import DoLa, dola_layers, jsd
 from .vista import VISTA, sla_window, steer_direction, steering_vectors
 from .pai import PAI, amplified_attention
 from .opera import OPERA, overtrust_scores, attention_row, OvertrustProbe
-from .run import method_table, mention_steps
+from .run import method_table, mention_steps, count_lm_positions, chair_bootstrap
 __all__ = ["STEERING", "SteerMethod", "Steer", "Steered", "steering", "make_method", "as_methods", "register_method",
            "check_number", "text_only", "plausible", "VCD", "diffusion_noise", "M3ID", "image_reliance", "DoLa", "dola_layers",
            "jsd", "VISTA", "sla_window", "steer_direction", "steering_vectors", "PAI", "amplified_attention", "OPERA",
            "overtrust_scores", "attention_row", "method_table", "RelianceProbe", "OvertrustProbe",
-           "mention_steps"]
+           "mention_steps", "count_lm_positions", "chair_bootstrap"]
