@@ -114,7 +114,12 @@ class Pruner:
     paper = None
     sites = ("vision", "lm", "vit")
     needs = ()
+    wants = ()
     kind = "select"
+
+    def count(self, n: int, k: int, grid=None) -> int:
+        "Outputs the pruner returns for `k` of `n` tokens (pooling may return about `k`)."
+        return k
 
     def select(self, x: torch.Tensor, k: int, s: Signals) -> Reduction: raise NotImplementedError
 
@@ -125,6 +130,7 @@ class Pruner:
         s = s or Signals()
         require_signals(self, s)
         red = self.select(x, k, s)
+        assert red.k == self.count(x.shape[1], k, s.grid), (self.name, red.k, k)
         assert red.index.shape[0] == x.shape[0] and (red.index >= 0).all() and (red.index < x.shape[1]).all(), (self.name, red.index)
         return red
 

@@ -24,6 +24,7 @@ class DART(Pruner):
     name = "dart"
     paper = "Wen et al., EMNLP 2025 (DART)"
     sites = ("lm", "vision", "vit")
+    wants = ("key_norm", "text", "text_key_norm")
 
     def select(self, x, k, s):
         check_param("n_pivots", self.n_pivots, 1, integer=True); check_param("text_pivots", self.text_pivots, 0, integer=True)

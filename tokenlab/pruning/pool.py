@@ -33,6 +33,10 @@ class Pool(Pruner):
     paper = "baseline (PAPERS.md section 4: spatial average pooling)"
     kind = "merge"
 
+    def count(self, n, k, grid=None):
+        h2, w2 = pooled_grid(*grid_of(n, grid), k)
+        return h2 * w2
+
     def select(self, x, k, s):
         h, w = grid_of(x.shape[1], s.grid)
         h2, w2 = pooled_grid(h, w, k)

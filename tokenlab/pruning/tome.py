@@ -47,6 +47,8 @@ class ToMe(Pruner):
     "Bipartite soft matching with size-weighted merging (ToMe)."
     name = "tome"
     paper = "Bolya et al., ICLR 2023 (ToMe)"
+    sites = ("vision", "vit")
+    wants = ("keys",)
     kind = "merge"
 
     def select(self, x, k, s):

@@ -24,6 +24,7 @@ class VisionZip(Pruner):
     paper = "Yang et al., CVPR 2025 (VisionZip)"
     sites = ("vision", "vit")
     needs = ("cls_attn",)
+    wants = ("keys",)
     kind = "merge"
 
     def select(self, x, k, s):
