@@ -17,3 +17,5 @@ from .divprune import DivPrune
 from .visionzip import VisionZip
 from .tome import ToMe, merge_step
 from .idpruner import IDPruner
+from .apply import pruned, Prune, PruneContext, SITES
+from .vit import pruned_vit, pooled_patches
