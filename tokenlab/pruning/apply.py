@@ -117,7 +117,12 @@ class PruneContext:
         "LM site: (B, n') original positions of the tokens after the cut (of the last prefill); None elsewhere."
         return self._state.get("keep")
 
-# %% ../../nbs/pruning/10_apply.ipynb #581c7a03
+# %% ../../nbs/pruning/10_apply.ipynb #06791ffa
+def _has_cls(tower) -> bool:
+    "Whether a vision tower puts a [CLS] token first (CLIP, DINOv2, ViT) rather than patches only (SigLIP, Idefics3)."
+    emb = getattr(tower, "embeddings", None) or getattr(getattr(tower, "vision_model", None), "embeddings", None)
+    return emb is not None and (hasattr(emb, "class_embedding") or hasattr(emb, "cls_token"))
+
 def _feature_layer(model, n_layers: int) -> int:
     f = getattr(model.config, "vision_feature_layer", -1)
     f = f[-1] if isinstance(f, (list, tuple)) else int(f)
@@ -141,7 +146,10 @@ def _vision_hooks(ctx: PruneContext, hooks):
     ad = Adapter(model)
     tower = ad.vision
     want = set(pruner.needs) | set(pruner.wants)
-    if want & {"cls_attn", "keys"}:
+    has_cls = _has_cls(tower)
+    if set(pruner.needs) & {"cls_attn", "keys"} and not has_cls:
+        raise TokenlabError(f"pruner {pruner.name!r} needs the [CLS] attention of the vision tower, and {type(tower).__name__} has no [CLS] token")
+    if want & {"cls_attn", "keys"} and has_cls:
         layers = tower_layers(tower)
         L = _feature_layer(model, len(layers))
         layer = layers[L]
@@ -164,8 +172,9 @@ def _vision_hooks(ctx: PruneContext, hooks):
             a, keys = t["cls_attn"], t["keys"]
             if a.shape[1] != n:
                 if a.shape[1] == n * pool * pool: a, keys = _pool_signal(a, pool, True), _pool_signal(keys, pool, False)
-                else: raise TokenlabError(f"the tower's {a.shape[1]} patches do not map onto the projector's {n} image features")
-            sig = Signals(cls_attn=a.to(x.device), keys=keys.to(x.device))
+                elif "cls_attn" in pruner.needs: raise TokenlabError(f"the tower's {a.shape[1]} patches do not map onto the projector's {n} image features")
+                else: a = keys = None                                 # an optional signal that does not map: go without
+            sig = Signals(cls_attn=None if a is None else a.to(x.device), keys=None if keys is None else keys.to(x.device))
         red = pruner.reduce(x, k, sig)
         ctx.records.append({"site": "vision", "n_image": n, "kept": red.k, "index": red.index.tolist()})
         return reduce_tokens(x, red)

@@ -30,7 +30,7 @@ class VisionZip(Pruner):
     def select(self, x, k, s):
         check_param("dominant", self.dominant, 0, 1)
         B, N, _ = x.shape
-        d = min(k, max(1, round(self.dominant * k))) if k < N else N
+        d = min(k - 1 if k >= 2 else 1, max(1, round(self.dominant * k))) if k < N else N      # k >= 2: at least one contextual token
         c = k - d
         dom = top_k(s.cls_attn, d).index                                   # (B, d)
         W = torch.zeros(B, k, N, device=x.device, dtype=torch.float32)
