@@ -76,6 +76,9 @@ def pruned_vit(model, method, ratio, layer: int = 4, proportional: bool = True, 
 
     with forward_hooks() as hooks:
         for i in range(layer, len(layers)): hooks.pre(layers[i], block_pre(i), with_kwargs=True)
+        if tome:                                  # ToMe reuses the keys the previous block's attention computed anyway
+            for i in range(max(layer - 1, 0), len(layers) - 1):
+                hooks.forward(_attn_parts(layers[i])[2], lambda m, a, out: st.__setitem__("keys", out))
         yield ctx
 
 def _one_shot(h, block, st, pre, pruner, ctx):
@@ -99,7 +102,9 @@ def _tome_block(h, block, st, pre, blocks_left):
     if left <= 0: return h
     r = min(math.ceil(left / blocks_left), (n - pre) // 2)
     norm, _, kp, H = _attn_parts(block)
-    keys = kp(norm(h)).view(h.shape[0], n, H, -1).mean(2)
+    prev = st.pop("keys", None)
+    keys = prev if prev is not None and prev.shape[:2] == h.shape[:2] else kp(norm(h))      # only the first block computes them
+    keys = keys.view(h.shape[0], n, H, -1).mean(2)
     # the prefix (CLS, registers) is protected: merge only among patches, with their sizes
     W, idx, size = merge_step(keys[:, pre:], st["size"][:, pre:], r)
     x = torch.bmm(W.to(h.dtype), h[:, pre:] * 1.0)
