@@ -11,6 +11,7 @@ BENCHMARKS = {
     "attn_stats": "bench.attn_stats",
     "dinov2": "bench.dinov2",
     "steering_cost": "bench.steering_cost",
+    "pruning_prefill": "bench.pruning_prefill",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -19,3 +19,4 @@ from .tome import ToMe, merge_step
 from .idpruner import IDPruner
 from .apply import pruned, Prune, PruneContext, SITES
 from .vit import pruned_vit, pooled_patches
+from .cost import prefill_cost, roofline_seconds, speedup_limit, flops_ratio, pruning_limits, DEVICES
