@@ -41,13 +41,14 @@ def _attn_parts(layer):
 
 def cls_attention(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For hidden states (B, 1 + P, D) entering ViT `layer` (token 0 = [CLS]): the [CLS] row of its attention over
-    the P patches, mean over heads (B, P), and the patches' keys, mean over heads (B, P, d_h). fp32; one query row only."""
+    the P patches, mean over heads (B, P), and the patches' keys, mean over heads (B, P, d_h). fp32; one query row only,
+    through the attention-statistics helper (`chunked_attention_stats`, no N x N tensor, any attention kernel)."""
     norm, qp, kp, H = _attn_parts(layer)
     hn = norm(hidden)
     B, n, _ = hn.shape
     q = qp(hn[:, :1]).float().view(B, 1, H, -1).transpose(1, 2)
     k = kp(hn).float().view(B, n, H, -1).transpose(1, 2)
-    a = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, -1)[:, :, 0]          # (B, H, n)
+    a = chunked_attention_stats(q, k, None, is_causal=False, what=("column",))["column_mass"]    # (B, H, n): one query's row
     return a.mean(1)[:, 1:], k.mean(1)[:, 1:]
 
 # %% ../../nbs/pruning/10_apply.ipynb #02e22314
