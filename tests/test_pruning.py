@@ -171,3 +171,14 @@ def test_vit_site_restores_the_model():
         with pruned_vit(vit, "tome", 0.5, layer=0): raise ValueError("boom")
     assert n_hooks(vit) == h0
     with torch.no_grad(): assert torch.equal(vit(pixel_values=px).last_hidden_state, ref)
+
+
+def test_bfloat16_sites_on_cpu():
+    "The gpu profile's dtype: both sites in bfloat16 on the tiny llava (CPU), kept counts as in float32."
+    from tokenlab.vision.vlm import tiny_vlms, VLM
+    m, p = tiny_vlms()["llava"]
+    vlm = VLM(m, p, dtype=torch.bfloat16)
+    for meth, site, layer in (("dart", "lm", 1), ("fastv", "lm", 1), ("visionzip", "vision", 2), ("tome", "vision", 2)):
+        pr = Prune(meth, 0.25, site=site, layer=layer)
+        caps = vlm.caption(images(), steer=pr, max_new_tokens=3)
+        assert len(caps) == 2 and pr.records[0]["kept"] == n_keep(0.25, pr.records[0]["n_image"])
