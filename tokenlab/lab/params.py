@@ -4,12 +4,12 @@
 
 # %% ../../nbs/lab/07_params.ipynb #7b5dad7e
 from __future__ import annotations
-import numbers
+import math, numbers
 from typing import Iterable
 from .core import TokenlabError
 
 # %% auto #0
-__all__ = ['require']
+__all__ = ['require', 'check_number']
 
 # %% ../../nbs/lab/07_params.ipynb #c7b60b27
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -53,3 +53,14 @@ def require(name: str, value, *, kind: str = "int", at_least=None, at_most=None,
             if _is_num(v): bounds(v, "a list of numbers")
     else: raise TokenlabError(f"unknown parameter kind {kind!r}")
     return value
+
+# %% ../../nbs/lab/07_params.ipynb #e1436b38
+def check_number(name: str, v, lo: float | None = None, hi: float | None = None, integer: bool = False):
+    "`v` if it is a finite real (an int when `integer`) inside [lo, hi]; otherwise one line of `TokenlabError`."
+    ok = isinstance(v, numbers.Integral if integer else numbers.Real) and not isinstance(v, bool)
+    if not ok or (not integer and not math.isfinite(float(v))):
+        raise TokenlabError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise TokenlabError(f"{name} = {v!r} is outside {rng}")
+    return int(v) if integer else float(v)

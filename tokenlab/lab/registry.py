@@ -98,3 +98,29 @@ class Registry(Mapping):
                               "params": ", ".join(f"{k}={v!r}" for k, v in e.params.items())} for e in self.entries()]).set_index("name")
 
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self._entries) or 'empty'})"
+
+# %% ../../nbs/lab/01_registry.ipynb #7a2c0d12
+from fastcore.basics import patch
+import dataclasses
+
+@patch
+def add_class(self: Registry, cls, **extra):
+    "Register dataclass `cls` under `cls.name` with its docstring's first line, `cls.paper` and its fields' defaults; returns `cls`."
+    old = self._entries.get(cls.name)
+    same = old is not None and getattr(old.obj, "__qualname__", None) == cls.__qualname__     # a notebook cell run again
+    self.add(cls.name, cls, replace=same, doc=first_line(cls), paper=getattr(cls, "paper", None),
+             params={f.name: f.default for f in dataclasses.fields(cls)}, **extra)
+    return cls
+
+@patch
+def build(self: Registry, spec, base: type, **params):
+    "An instance of `base`: `spec` itself, or the class registered as `spec` (or `(name, params)`) built with `params`."
+    if isinstance(spec, base):
+        if params: raise TokenlabError(f"parameters {sorted(params)} given with a built method {spec}; pass them to its constructor")
+        return spec
+    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], dict): spec, params = spec[0], {**spec[1], **params}
+    cls = self[spec]
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(params) - names)
+    if bad: raise TokenlabError(f"unknown parameter(s) {bad} for {self.kind} {spec!r}; valid: {', '.join(sorted(names)) or 'none'}")
+    return cls(**params)

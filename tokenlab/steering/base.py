@@ -4,32 +4,21 @@
 
 # %% ../../nbs/steering/00_base.ipynb #8d0da05b
 from __future__ import annotations
-import contextlib, math, numbers
+import contextlib, math
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache
 from ..lab.core import TokenlabError
 from ..lab.registry import Registry
+from ..lab.params import check_number                 # re-exported: every method module checks with it
 from ..models.arch import Adapter, hidden_of
 from ..models.hooks import forward_hooks, Hooks
 
 # %% auto #0
-__all__ = ['STEERING', 'check_number', 'SteerMethod', 'register_method', 'make_method', 'image_mask_of', 'text_only', 'Stream',
-           'parent_rows', 'SteerContext', 'Steered', 'as_methods', 'steering', 'Steer', 'ProcessorFn', 'grow_window',
-           'plausible']
-
-# %% ../../nbs/steering/00_base.ipynb #e1436b38
-def check_number(name: str, v, lo: float | None = None, hi: float | None = None, integer: bool = False):
-    "`v` if it is a finite real (an int when `integer`) inside [lo, hi]; otherwise one line of `TokenlabError`."
-    ok = isinstance(v, numbers.Integral if integer else numbers.Real) and not isinstance(v, bool)
-    if not ok or (not integer and not math.isfinite(float(v))):
-        raise TokenlabError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        raise TokenlabError(f"{name} = {v!r} is outside {rng}")
-    return int(v) if integer else float(v)
+__all__ = ['STEERING', 'SteerMethod', 'register_method', 'make_method', 'image_mask_of', 'text_only', 'Stream', 'parent_rows',
+           'SteerContext', 'Steered', 'as_methods', 'steering', 'Steer', 'ProcessorFn', 'grow_window', 'plausible']
 
 # %% ../../nbs/steering/00_base.ipynb #b7719920
 STEERING = Registry("steering method", "name -> SteerMethod subclass: one hallucination-steering method")
@@ -53,23 +42,11 @@ class SteerMethod:
 
 def register_method(cls):
     "Class decorator: add a `SteerMethod` subclass to `STEERING` with its paper and default parameters."
-    old = STEERING._entries.get(cls.name)
-    same = old is not None and getattr(old.obj, "__qualname__", None) == cls.__qualname__     # a notebook cell run again
-    STEERING.add(cls.name, cls, replace=same, doc=(cls.__doc__ or "").strip().splitlines()[0], paper=cls.paper,
-                 params={f.name: f.default for f in fields(cls)}, acts=cls.acts)
-    return cls
+    return STEERING.add_class(cls, acts=cls.acts)
 
 def make_method(spec, **params) -> SteerMethod:
     "A method from a `SteerMethod`, a registered name, or `(name, params)`; unknown names fail in one line."
-    if isinstance(spec, SteerMethod):
-        if params: raise TokenlabError(f"parameters {sorted(params)} given with a built method {spec}; pass them to its constructor")
-        return spec
-    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], dict): spec, params = spec[0], {**spec[1], **params}
-    cls = STEERING[spec]
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(params) - names)
-    if bad: raise TokenlabError(f"unknown parameter(s) {bad} for steering method {spec!r}; valid: {', '.join(sorted(names)) or 'none'}")
-    return cls(**params)
+    return STEERING.build(spec, SteerMethod, **params)
 
 # %% ../../nbs/steering/00_base.ipynb #29f6c9f2
 def image_mask_of(ad: Adapter, input_ids: torch.Tensor, what: str = "this method") -> torch.Tensor:
