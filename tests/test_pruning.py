@@ -1,6 +1,5 @@
 """tokenlab.pruning: properties of every registered pruner (hypothesis), hostile parameters, and the sites on the tiny
 llava, qwen2_vl and idefics3 VLMs (ratio 1.0 bit for bit, kept counts, determinism, no hook left)."""
-import math
 import numpy as np
 import pytest
 import torch

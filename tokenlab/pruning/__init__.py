@@ -19,4 +19,8 @@ from .tome import ToMe, merge_step
 from .idpruner import IDPruner
 from .apply import pruned, Prune, PruneContext, SITES
 from .vit import pruned_vit, pooled_patches
-from .cost import prefill_cost, roofline_seconds, speedup_limit, flops_ratio, pruning_limits, DEVICES
+from .cost import prefill_cost, roofline_seconds, speedup_limit, flops_ratio, pruning_limits, vit_flops, DEVICES
+__all__ = ["PRUNERS", "Pruner", "Reduction", "Signals", "SIGNALS", "register_pruner", "make_pruner", "n_keep", "check_ratio",
+           "reduce_tokens", "top_k", "cosine", "Random", "Pool", "FastV", "CLSAttention", "DART", "DivPrune", "VisionZip", "ToMe",
+           "merge_step", "IDPruner", "pruned", "Prune", "PruneContext", "SITES", "pruned_vit", "pooled_patches", "prefill_cost",
+           "roofline_seconds", "speedup_limit", "flops_ratio", "pruning_limits", "vit_flops", "DEVICES"]

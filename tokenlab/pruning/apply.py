@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 import torch
-import torch.nn.functional as F
 from ..lab.core import TokenlabError
 from ..models.arch import Adapter
 from ..models.hooks import observe, forward_hooks
 from ..attention.stats import chunked_attention_stats
 from ..vision.vlm import image_pooling, pool_grid
-from .base import (Pruner, Reduction, Signals, make_pruner, check_ratio, n_keep, reduce_tokens, take, grid_of)
+from .base import Pruner, Signals, make_pruner, default_site, check_ratio, n_keep, reduce_tokens, take
 
 # %% auto #0
 __all__ = ['SITES', 'tower_layers', 'cls_attention', 'shrink_placeholders', 'PruneContext', 'pruned', 'Prune']
@@ -193,8 +192,7 @@ def _lm_signals(ctx: PruneContext, call) -> None:
     want = set(pruner.needs) | set(pruner.wants)
     if "received" in want:
         q, mask = call.query, call.attention_mask
-        last = getattr(pruner, "query", "all") == "last"
-        if last:
+        if pruner.query == "last":
             q = q[:, :, -1:]
             mask = mask[:, :, -1:] if mask is not None and mask.dim() == 4 else mask
         st = chunked_attention_stats(q, call.key, mask, scaling=call.kwargs.get("scaling"), is_causal=call.is_causal,
@@ -316,7 +314,7 @@ def pruned(model, method, ratio, site: str | None = None, layer: int = 2, **para
     ratio = check_ratio(ratio)
     ad = Adapter(model)
     if not ad.is_vlm: raise TokenlabError(f"{ad.model_type} is a language model; pruned() prunes the image tokens of a VLM")
-    site = site or next((s for s in pruner.sites if s in SITES), None)
+    site = site or default_site(pruner)
     if site not in SITES: raise TokenlabError(f"unknown site {site!r}; allowed: {', '.join(SITES)}")
     if site not in pruner.sites: raise TokenlabError(f"pruner {pruner.name!r} acts at {', '.join(pruner.sites)}, not at site {site!r}")
     if site == "vision" and ad.model_type in _NO_VISION_SITE:
@@ -335,7 +333,7 @@ class Prune:
     "A `VLM.generate(steer=...)` argument: prune each batch with `pruned(...)`; `records` collects what was kept."
     def __init__(self, method, ratio, site: str | None = None, layer: int = 2, **params):
         self.pruner, self.ratio, self.layer = make_pruner(method, **params), check_ratio(ratio), layer
-        self.site = site or next((s for s in self.pruner.sites if s in SITES), None)
+        self.site = site or default_site(self.pruner)
         self.records: list = []
 
     @contextlib.contextmanager

@@ -5,7 +5,7 @@
 # %% ../../nbs/pruning/00_base.ipynb #23f1a2b8
 from __future__ import annotations
 import math, numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from ..lab.core import TokenlabError
@@ -13,8 +13,8 @@ from ..lab.registry import Registry
 
 # %% auto #0
 __all__ = ['SIGNALS', 'PRUNERS', 'check_ratio', 'n_keep', 'check_keep', 'Reduction', 'take', 'reduce_tokens', 'selection',
-           'top_k', 'Signals', 'require_signals', 'Pruner', 'register_pruner', 'make_pruner', 'cosine', 'grid_of',
-           'check_param']
+           'top_k', 'Signals', 'require_signals', 'Pruner', 'register_pruner', 'make_pruner', 'default_site', 'cosine',
+           'grid_of']
 
 # %% ../../nbs/pruning/00_base.ipynb #c72b11dd
 def check_ratio(ratio) -> float:
@@ -52,11 +52,6 @@ class Reduction:
         if self.size is not None: return self.size
         if self.weight is not None: return (self.weight != 0).sum(-1).to(torch.float32)
         return torch.ones(self.index.shape, dtype=torch.float32, device=self.index.device)
-
-    def kept_mask(self, n: int) -> torch.Tensor:
-        "(B, n) bool: the tokens some output stands for."
-        m = torch.zeros(self.index.shape[0], n, dtype=torch.bool, device=self.index.device)
-        return m.scatter_(1, self.index, True)
 
 def take(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     "`x` at per-row positions `index` (B, k) along `dim` (>= 1); rows are dim 0."
@@ -116,6 +111,10 @@ class Pruner:
     needs = ()
     wants = ()
     kind = "select"
+    query = "all"                  # which queries the `received` signal averages over: "all", or "last" (FastV's field)
+
+    def __post_init__(self): self.check()
+    def check(self): "Validate the parameters (called on construction); one line of `TokenlabError` per refusal."
 
     def count(self, n: int, k: int, grid=None) -> int:
         "Outputs the pruner returns for `k` of `n` tokens (pooling may return about `k`)."
@@ -139,24 +138,16 @@ class Pruner:
         return f"{type(self).__name__}({ps})"
 
 def register_pruner(cls):
-    "Class decorator: add a `Pruner` subclass to `PRUNERS` with its paper, parameters, sites and needs."
-    old = PRUNERS._entries.get(cls.name)
-    same = old is not None and getattr(old.obj, "__qualname__", None) == cls.__qualname__
-    PRUNERS.add(cls.name, cls, replace=same, doc=(cls.__doc__ or "").strip().splitlines()[0], paper=cls.paper,
-                params={f.name: f.default for f in fields(cls)}, sites=cls.sites, needs=cls.needs, kind=cls.kind)
-    return cls
+    "Class decorator: add a `Pruner` subclass to `PRUNERS` with its paper, parameters, sites, signals and kind."
+    return PRUNERS.add_class(cls, sites=cls.sites, needs=cls.needs, kind=cls.kind)
 
 def make_pruner(spec, **params) -> Pruner:
     "A pruner from a `Pruner`, a registered name, or `(name, params)`; unknown names or parameters fail in one line."
-    if isinstance(spec, Pruner):
-        if params: raise TokenlabError(f"parameters {sorted(params)} given with a built pruner {spec}; pass them to its constructor")
-        return spec
-    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], dict): spec, params = spec[0], {**spec[1], **params}
-    cls = PRUNERS[spec]
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(params) - names)
-    if bad: raise TokenlabError(f"unknown parameter(s) {bad} for pruner {spec!r}; valid: {', '.join(sorted(names)) or 'none'}")
-    return cls(**params)
+    return PRUNERS.build(spec, Pruner, **params)
+
+def default_site(pruner: Pruner) -> str | None:
+    "The first VLM site (`vision` or `lm`) a pruner acts at, or None."
+    return next((s for s in pruner.sites if s in ("vision", "lm")), None)
 
 # %% ../../nbs/pruning/00_base.ipynb #1197d7d8
 def cosine(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,10 +165,3 @@ def grid_of(n: int, grid=None) -> tuple[int, int]:
     g = int(round(math.sqrt(n)))
     if g * g != n: raise TokenlabError(f"{n} tokens do not form a square grid; pass grid=(h, w)")
     return g, g
-
-def check_param(name: str, v, lo=None, hi=None, integer: bool = False):
-    "A pruner parameter `v` if finite (an int when `integer`) and inside [lo, hi]; else one line."
-    ok = isinstance(v, numbers.Integral if integer else numbers.Real) and not isinstance(v, bool)
-    if not ok or not math.isfinite(float(v)): raise TokenlabError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi): raise TokenlabError(f"{name} = {v!r} is outside [{lo}, {hi}]")
-    return v

@@ -5,11 +5,7 @@
 # %% ../../nbs/pruning/04_cls.ipynb #8a098390
 from __future__ import annotations
 from dataclasses import dataclass
-import math
-import torch
-import torch.nn.functional as F
-from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from .base import Pruner, register_pruner, top_k
 
 # %% auto #0
 __all__ = ['CLSAttention']

@@ -10,7 +10,7 @@ from ..lab.core import TokenlabError, check_choice
 
 # %% auto #0
 __all__ = ['SITES', 'LOGITS', 'DEVICES', 'LMShape', 'lm_shape', 'PrefillCost', 'prefill_cost', 'device_rates', 'roofline_seconds',
-           'speedup_limit', 'flops_ratio', 'pruning_limits']
+           'speedup_limit', 'flops_ratio', 'pruning_limits', 'vit_flops']
 
 # %% ../../nbs/pruning/20_cost.ipynb #753f6836
 SITES = ("lm_input", "lm_layer")       # before the LM (tower, projector or embeddings) / inside it from layer K on
@@ -172,3 +172,15 @@ def pruning_limits(config, n_image: int, n_text: int, keeps, peak_flops: float, 
                      "bound": "compute" if compute else "memory", "flops_ratio": flops_ratio(full, c),
                      "limit": speedup_limit(full, c, peak_flops, bandwidth)})
     return rows
+
+# %% ../../nbs/pruning/20_cost.ipynb #c0a1f002
+def vit_flops(config, tokens_per_block, image_size: int) -> int:
+    "FLOPs of one image through a ViT whose blocks see `tokens_per_block` tokens (see the prose); `config` a ViT config."
+    d, p = config.hidden_size, config.patch_size
+    m = getattr(config, "intermediate_size", None) or int(d * config.mlp_ratio)
+    blocks = list(tokens_per_block)
+    if len(blocks) != config.num_hidden_layers:
+        raise TokenlabError(f"{len(blocks)} token counts for a ViT of {config.num_hidden_layers} blocks; give one per block")
+    P = (image_size // p) ** 2
+    embed = 2 * P * getattr(config, "num_channels", 3) * p * p * d
+    return embed + sum(8 * n * d * d + 4 * n * n * d + 4 * n * d * m for n in blocks)

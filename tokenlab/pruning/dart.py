@@ -5,11 +5,9 @@
 # %% ../../nbs/pruning/05_dart.ipynb #4523490a
 from __future__ import annotations
 from dataclasses import dataclass
-import math
 import torch
-import torch.nn.functional as F
-from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from ..lab.params import check_number
+from .base import Pruner, register_pruner, selection, cosine, take
 
 # %% auto #0
 __all__ = ['DART']
@@ -26,8 +24,11 @@ class DART(Pruner):
     sites = ("lm", "vision", "vit")
     wants = ("key_norm", "text", "text_key_norm")
 
+    def check(self):
+        self.n_pivots = check_number("n_pivots", self.n_pivots, 1, integer=True)
+        self.text_pivots = check_number("text_pivots", self.text_pivots, 0, integer=True)
+
     def select(self, x, k, s):
-        check_param("n_pivots", self.n_pivots, 1, integer=True); check_param("text_pivots", self.text_pivots, 0, integer=True)
         B, N, _ = x.shape
         norm = s.key_norm if s.key_norm is not None else x.float().abs().sum(-1)
         npv = min(self.n_pivots, k)

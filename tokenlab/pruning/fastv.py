@@ -5,11 +5,8 @@
 # %% ../../nbs/pruning/03_fastv.ipynb #abca0682
 from __future__ import annotations
 from dataclasses import dataclass
-import math
-import torch
-import torch.nn.functional as F
 from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from .base import Pruner, register_pruner, top_k
 
 # %% auto #0
 __all__ = ['FastV']
@@ -25,6 +22,7 @@ class FastV(Pruner):
     sites = ("lm",)
     needs = ("received",)
 
-    def select(self, x, k, s):
+    def check(self):
         if self.query not in ("last", "all"): raise TokenlabError(f"FastV query must be 'last' or 'all', got {self.query!r}")
-        return top_k(s.received, k)
+
+    def select(self, x, k, s): return top_k(s.received, k)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 import torch
-import torch.nn.functional as F
-from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from ..lab.params import check_number
+from .base import Pruner, register_pruner, selection, cosine
 
 # %% auto #0
 __all__ = ['mmr', 'IDPruner']
@@ -38,10 +37,11 @@ class IDPruner(Pruner):
     sites = ("vision", "vit")
     needs = ("cls_attn",)
 
+    def check(self): self.lam = check_number("lam", self.lam, 0, 1)
+
     def select(self, x, k, s):
-        check_param("lam", self.lam, 0, 1)
         a = s.cls_attn.float()
         lo, hi = a.min(-1, keepdim=True).values, a.max(-1, keepdim=True).values
         imp = (a - lo) / (hi - lo).clamp(min=1e-12)
         sim = cosine(x)
-        return selection(torch.stack([mmr(imp[b], sim[b], k, float(self.lam)) for b in range(x.shape[0])]))
+        return selection(torch.stack([mmr(imp[b], sim[b], k, self.lam) for b in range(x.shape[0])]))

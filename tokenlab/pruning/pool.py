@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import math
 import torch
 import torch.nn.functional as F
-from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from .base import Pruner, Reduction, register_pruner, grid_of
 
 # %% auto #0
 __all__ = ['pool_weights', 'pooled_grid', 'Pool']

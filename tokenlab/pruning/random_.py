@@ -5,11 +5,9 @@
 # %% ../../nbs/pruning/01_random.ipynb #54b7b15a
 from __future__ import annotations
 from dataclasses import dataclass
-import math
 import torch
-import torch.nn.functional as F
-from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from ..lab.params import check_number
+from .base import Pruner, register_pruner, selection
 
 # %% auto #0
 __all__ = ['Random']
@@ -23,8 +21,9 @@ class Random(Pruner):
     name = "random"
     paper = "baseline (PAPERS.md section 4: seeded random)"
 
+    def check(self): self.seed = check_number("seed", self.seed, 0, integer=True)
+
     def select(self, x, k, s):
-        check_param("seed", self.seed, 0, integer=True)
-        g = torch.Generator().manual_seed(int(self.seed))
+        g = torch.Generator().manual_seed(self.seed)
         idx = torch.stack([torch.randperm(x.shape[1], generator=g)[:k] for _ in range(x.shape[0])])
         return selection(idx.to(x.device))

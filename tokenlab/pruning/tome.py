@@ -7,9 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 import torch
-import torch.nn.functional as F
-from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from .base import Pruner, Reduction, register_pruner, cosine, take
 
 # %% auto #0
 __all__ = ['merge_step', 'ToMe']

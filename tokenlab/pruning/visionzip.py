@@ -5,11 +5,9 @@
 # %% ../../nbs/pruning/07_visionzip.ipynb #d0ee71f7
 from __future__ import annotations
 from dataclasses import dataclass
-import math
 import torch
-import torch.nn.functional as F
-from ..lab.core import TokenlabError
-from .base import Pruner, Reduction, Signals, register_pruner, selection, top_k, cosine, grid_of, check_param, reduce_tokens, take
+from ..lab.params import check_number
+from .base import Pruner, Reduction, register_pruner, top_k, cosine, take
 
 # %% auto #0
 __all__ = ['VisionZip']
@@ -27,8 +25,9 @@ class VisionZip(Pruner):
     wants = ("keys",)
     kind = "merge"
 
+    def check(self): self.dominant = check_number("dominant", self.dominant, 0, 1)
+
     def select(self, x, k, s):
-        check_param("dominant", self.dominant, 0, 1)
         B, N, _ = x.shape
         d = min(k - 1 if k >= 2 else 1, max(1, round(self.dominant * k))) if k < N else N      # k >= 2: at least one contextual token
         c = k - d

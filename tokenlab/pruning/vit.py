@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from ..lab.core import TokenlabError
 from ..models.hooks import forward_hooks
-from .base import Pruner, Signals, make_pruner, check_ratio, n_keep, reduce_tokens, take
+from .base import Pruner, Signals, make_pruner, check_ratio, n_keep, reduce_tokens
 from .tome import ToMe, merge_step
 from .apply import tower_layers, cls_attention, _attn_parts
 
@@ -96,7 +96,7 @@ def _one_shot(h, block, st, pre, pruner, ctx):
     return torch.cat([h[:, :pre], reduce_tokens(x, red)], 1)
 
 def _tome_block(h, block, st, pre, blocks_left):
-    "One ToMe step at a block's input: r merges with the keys this block's attention computes."
+    "One ToMe step at a block's input: r merges with the previous block's keys (this block's own for the first)."
     n = h.shape[1]
     left = n - pre - st["k"]
     if left <= 0: return h
@@ -107,7 +107,7 @@ def _tome_block(h, block, st, pre, blocks_left):
     keys = keys.view(h.shape[0], n, H, -1).mean(2)
     # the prefix (CLS, registers) is protected: merge only among patches, with their sizes
     W, idx, size = merge_step(keys[:, pre:], st["size"][:, pre:], r)
-    x = torch.bmm(W.to(h.dtype), h[:, pre:] * 1.0)
+    x = torch.bmm(W.to(h.dtype), h[:, pre:])
     st["size"] = torch.cat([st["size"][:, :pre], size], 1)
     return torch.cat([h[:, :pre], x], 1)
 
