@@ -48,6 +48,15 @@ def pytest_sessionfinish(session, exitstatus):
                 except ProcessLookupError: pass
 
 
+def pytest_terminal_summary(terminalreporter):
+    "The browser test's screenshots and timings (its `browser` user property; works under xdist, where prints are lost)."
+    lines = [v for r in terminalreporter.stats.get("passed", []) if r.when == "call"
+             for k, v in getattr(r, "user_properties", ()) if k == "browser"]
+    if lines:
+        terminalreporter.write_sep("-", "browser test (tests/test_browser.py)")
+        for line in lines: terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

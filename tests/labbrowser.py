@@ -63,20 +63,22 @@ def processes_naming(marker: str) -> list[int]:
     return pids
 
 
-def kill_naming(marker: str) -> list[int]:
-    "SIGKILL every process that still names `marker`; returns their pids (empty when teardown was clean)."
+def kill_naming(marker: str, wait: float = 5.0) -> list[int]:
+    "SIGKILL every process that still names `marker` and wait for them to go; returns their pids (empty: clean teardown)."
     pids = processes_naming(marker)
     for pid in pids:
         try: os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError): pass
+    end = time.monotonic() + wait
+    while pids and processes_naming(marker) and time.monotonic() < end: time.sleep(0.1)
     return pids
 
 
 class Lab:
     "A JupyterLab server for the test (see the module docstring); `url(path)` opens `path` under `root`."
 
-    def __init__(self, root: Path, tmp: Path, env: dict | None = None, timeout: float = 60):
-        self.root, self.tmp, self.timeout = Path(root), Path(tmp), timeout
+    def __init__(self, root: Path, tmp: Path, env: dict | None = None, unset=(), timeout: float = 60):
+        self.root, self.tmp, self.timeout, self.unset = Path(root), Path(tmp), timeout, tuple(unset)
         self.port, self.token = free_port(), secrets.token_hex(24)
         self.log_path = self.tmp / "jupyter.log"
         self.extra_env, self.proc = env or {}, None
@@ -84,7 +86,7 @@ class Lab:
     def _env(self) -> dict:
         d = {k: self.tmp / k for k in ("config", "data", "runtime", "lab-settings", "lab-workspaces", "ipython", "mpl")}
         for p in d.values(): p.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_")) and k not in self.unset}
         env.update(JUPYTER_CONFIG_DIR=str(d["config"]), JUPYTER_DATA_DIR=str(d["data"]),
                    JUPYTER_RUNTIME_DIR=str(d["runtime"]), JUPYTERLAB_SETTINGS_DIR=str(d["lab-settings"]),
                    JUPYTERLAB_WORKSPACES_DIR=str(d["lab-workspaces"]), IPYTHONDIR=str(d["ipython"]),
@@ -140,12 +142,17 @@ class Lab:
         try: return self.log_path.read_text(errors="replace")[-n:]
         except OSError: return "(no jupyter log)"
 
+    def shutdown_kernels(self) -> None:
+        "Shut every kernel of this server down (between tests: a kernel holding a model is hundreds of MB)."
+        if self.proc is None or self.proc.poll() is not None: return
+        try:
+            for k in self.api("GET", "/api/kernels", timeout=5): self.api("DELETE", f"/api/kernels/{k['id']}", timeout=15)
+        except (OSError, ValueError): pass
+
     def stop(self) -> list[int]:
         "Shut kernels and server down (REST, then signals), then kill what still names our folder; returns those pids."
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                for k in self.api("GET", "/api/kernels", timeout=3): self.api("DELETE", f"/api/kernels/{k['id']}", timeout=5)
-            except (OSError, ValueError): pass
+            self.shutdown_kernels()
             kill_group(self.proc)
         if getattr(self, "_log", None): self._log.close()
         return kill_naming(str(self.tmp))
@@ -189,7 +196,10 @@ class Browser:
 
     def stop(self) -> list[int]:
         try:
-            if self.driver is not None: self.driver.quit()
+            if self.driver is not None:
+                try: self.driver.command_executor._client_config.timeout = 5    # quit waits for a hung command otherwise
+                except AttributeError: pass
+                self.driver.quit()
         except Exception: pass
         finally:
             if self.service is not None: kill_group(self.service.process, grace=3)
@@ -325,6 +335,15 @@ class Page:
     def slider_value(self, root, cls: str) -> str:
         return self.part(root, cls).find_element("css selector", ".widget-readout").text.strip()
 
+    def slider_range(self, root, cls: str) -> tuple[float, float, float]:
+        "(min, value, max) of the slider in `.cls`, read off its handle's ARIA attributes (indices for a SelectionSlider)."
+        h = self.part(root, cls).find_element("css selector", ".noUi-handle")
+        return tuple(float(h.get_attribute(f"aria-value{a}")) for a in ("min", "now", "max"))
+
+    def slider_at_min(self, root, cls: str) -> bool:
+        lo, v, _ = self.slider_range(root, cls)
+        return v <= lo
+
     def move_slider(self, root, cls: str, steps: int = 1):
         "Move the slider in `.cls` by `steps` with the keyboard on its handle (noUiSlider), as a user would."
         from selenium.webdriver.common.keys import Keys
@@ -334,13 +353,18 @@ class Page:
         key = Keys.ARROW_RIGHT if steps > 0 else Keys.ARROW_LEFT
         for _ in range(abs(steps)): handle.send_keys(key)
 
-    def select(self, root, cls: str, index: int | None = None, label: str | None = None):
-        "Choose an option of the <select> in `.cls` (Dropdown); for a SelectMultiple, make it the only selected one."
+    def select(self, root, cls: str, index: int | None = None, labels: list[str] | None = None):
+        "Choose option `index` of the <select> in `.cls` (Dropdown), or the options `labels` (SelectMultiple: only those)."
         from selenium.webdriver.support.select import Select
-        s = Select(self.part(root, cls).find_element("css selector", "select"))
+        el = self.part(root, cls).find_element("css selector", "select")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", el)
+        s = Select(el)
+        if index is not None: return s.select_by_index(index)
+        opts = {o.text: o for o in s.options}
+        missing = [l for l in labels if l not in opts]
+        if missing: raise BrowserTestError(f".{cls} has no option {missing}; it has {list(opts)}")
         if s.is_multiple: s.deselect_all()
-        if label is not None: s.select_by_visible_text(label)
-        else: s.select_by_index(index)
+        for l in labels: s.select_by_visible_text(l)
 
     def options(self, root, cls: str) -> list[str]:
         return [o.text for o in self.part(root, cls).find_elements("css selector", "select option")]
