@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tokenlab-installed
 PROFILE ?= cpu
 JOBS ?= 2
 
-.PHONY: help venv reproduce test test-fast smoke fetch lab export clean-nbs bench
+.PHONY: help venv reproduce test test-fast smoke fetch lab export clean-nbs bench browser-deps
 
 help:
 	@echo "make reproduce   fetch assets, run every experiment (profile cpu) -> figures/cpu/"
@@ -31,9 +31,25 @@ reproduce: $(STAMP)
 	$(VENV)/bin/tokenlab fetch --tier all
 	$(VENV)/bin/tokenlab run --profile $(PROFILE) --jobs $(JOBS) --resume
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(VENV)/bin/tokenlab fetch --tier all
 	$(PY) -m pytest -q -n 2 tests
+
+# The browser test (tests/test_browser.py) drives Debian's chromium through chromium-driver; never a downloaded browser.
+# Installs whichever of these packages is missing (apt-get update first: a fresh machine has no package lists);
+# fonts-droid-fallback (1.8 MB) gives the screenshots CJK glyphs. Without apt the target fails: no silent skip.
+BROWSER_DEBS := chromium chromium-driver fonts-droid-fallback
+browser-deps:
+	@missing=$$(for p in $(BROWSER_DEBS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    command -v apt-get >/dev/null || { echo "make test needs Debian's $$missing (apt-get install $$missing)" >&2; exit 1; }; \
+	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    echo "installing for the browser test: "$$missing; \
+	    $$sudo apt-get update -qq && \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { echo "no /usr/bin/chromium or /usr/bin/chromedriver" >&2; exit 1; }
 
 lab: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check "jupyterlab==4.6.6" -c constraints.txt
