@@ -318,7 +318,10 @@ class Page:
         return self.part(root, cls).get_attribute("innerHTML") or ""
 
     def text(self, root, cls: str) -> str:
-        return self.part(root, cls).get_attribute("textContent").strip()
+        "The text of `.cls` (a textarea's or input's value, otherwise the element's textContent)."
+        el = self.part(root, cls)
+        box = el.find_elements("css selector", "textarea, input")
+        return (box[0].get_attribute("value") if box else el.get_attribute("textContent")).strip()
 
     def fingerprint(self, root, *classes: str) -> str:
         return hashlib.sha1("\0".join(self.html(root, c) for c in classes).encode()).hexdigest()

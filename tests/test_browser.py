@@ -67,9 +67,17 @@ def drive_token_inspector(p: Page, root):
         shown = [r.get_attribute("data-tokenizer") for r in root.find_elements("css selector", ".tl-view .tl-row")]
         return shown == pick and list(counts(p.text(root, "tl-status"))) == pick and no_message(p, root)
     p.wait(f"the view to show the tokenizers {pick}", rows, STEP_S)
-    # back to the default set, for the screenshot
+    # back to the default set, then a UDHR article from the loader: the premium against English appears
     p.select(root, "tl-tokenizers", labels=list(counts(st)))
     p.wait("the default tokenizers again", lambda: p.text(root, "tl-status") == st, STEP_S)
+    langs = p.options(root, "tl-language")
+    lang = next((o for o in langs if o.endswith("(jpn)")), langs[1])
+    p.select(root, "tl-language", labels=[lang])
+    def article():
+        view, status = p.text(root, "tl-view"), p.text(root, "tl-status")
+        return (status != st and "premium" in view and root.find_elements("css selector", ".tl-view .tl-parallel")
+                and no_message(p, root) and p.text(root, "tl-text") != text)
+    p.wait(f"the view to show UDHR article 1 in {lang} with its premium", article, STEP_S)
 
 
 def drive_attention_explorer(p: Page, root):
