@@ -134,8 +134,9 @@ class TokenState:
         for n in names:
             tok = load_named(n)
             ps = pieces(tok, text)
+            missing = getattr(tok, "missing_bytes", frozenset())
             row = {"tokenizer": n, "tokens": len(ps), "chars_per_token": len(text) / max(len(ps), 1), "pieces": ps,
-                   "premium": None, "english": None}
+                   "premium": None, "english": None, "dropped_bytes": sum(b in missing for b in text.encode("utf-8"))}
             if par is not None:
                 e = len(tok.encode(par[3]))
                 row["english"], row["premium"] = e, len(ps) / max(e, 1)
@@ -161,8 +162,10 @@ class TokenState:
         prem = "" if row["premium"] is None else f' · premium <b>{row["premium"]:.2f}</b>x ({row["english"]} tokens in English)'
         nbad = sum(1 for i, _, _ in row["pieces"] if i in marks)
         bad = f' · <span style="color:#d00000">{nbad} under-trained</span>' if nbad else ""
+        lost = (f' · <span class="tl-dropped" style="color:#d00000">&#9888; {row["dropped_bytes"]} bytes dropped (no token for them)</span>'
+                if row.get("dropped_bytes") else "")
         head = (f'<div class="tl-row-head"><b>{esc(row["tokenizer"])}</b>: {row["tokens"]} tokens · '
-                f'{row["chars_per_token"]:.2f} chars/token{prem}{bad}</div>')
+                f'{row["chars_per_token"]:.2f} chars/token{prem}{bad}{lost}</div>')
         return f'<div class="tl-row" data-tokenizer="{esc(row["tokenizer"])}" style="margin-bottom:8px">{head}<div style="line-height:1.9">{"".join(spans)}</div></div>'
 
     def render(self, rows: list[dict]) -> str:
