@@ -15,7 +15,7 @@ from .base import Explorer, styled, esc, png_bytes, img_tag
 __all__ = ['DEFAULT_VLM', 'EVAL_START', 'MAKE_DEFAULT', 'MARK_STYLE', 'RATIOS', 'LM_SITE', 'lab_vlm', 'lab_world', 'lab_scenes',
            'model_image', 'LabState', 'caption_details', 'mark_caption', 'objects_html', 'vlm_pruners', 'viewer_site',
            'check_method', 'PruneResult', 'token_map', 'group_colors', 'token_grid', 'token_overlay', 'PruningState',
-           'PruningViewer', 'control_latency']
+           'PruningViewer', 'control_latency', 'bench_explorer', 'bench_controls']
 
 # %% ../../nbs/widgets/03_pruning.ipynb #c3a1c469
 DEFAULT_VLM = "vlm-calib-parts"
@@ -443,3 +443,27 @@ def control_latency(explorer, n: int = 20) -> dict:
         explorer.select(**start)                          # every control back where it was, in one update
         out[name] = {"median_ms": statistics.median(ts), "max_ms": max(ts), "moves": len(ts), "values": len(vals)}
     return {"controls": out, "skipped": skipped, "model_runs": explorer.state.runs - runs0}
+
+# %% ../../nbs/widgets/03_pruning.ipynb #221c500e
+def bench_explorer(make, precompute: dict, uncached: dict, moves: int = 12) -> dict:
+    "Build an explorer with `make()`, `precompute(**precompute)`, time its controls, then `select(**uncached)` (see the prose)."
+    t0 = time.perf_counter()
+    try: ex = make()
+    except TokenlabError as e: return {"status": f"not measured: {e}"}
+    out = {"build_s": round(time.perf_counter() - t0, 2)}           # loading the VLM and the first result
+    t0 = time.perf_counter()
+    ex.state.precompute(progress=False, **precompute)
+    out.update(precompute_s=round(time.perf_counter() - t0, 2), cached_results=len(ex.state.results))
+    lat = control_latency(ex, n=moves)
+    for name, c in lat["controls"].items(): out.update({f"{name}_median_ms": round(c["median_ms"], 2), f"{name}_max_ms": round(c["max_ms"], 2)})
+    out["model_runs_during_moves"] = lat["model_runs"]
+    runs, t0 = ex.state.runs, time.perf_counter()
+    ok = ex.select(**uncached)
+    out.update(uncached_result_s=round(time.perf_counter() - t0, 2), uncached_model_runs=ex.state.runs - runs, uncached_ok=ok)
+    return out
+
+def bench_controls(moves: int = 12) -> dict:
+    "The pruning viewer on `vlm-calib-parts` for `bench/widgets.py` (see the prose)."
+    return bench_explorer(lambda: PruningViewer(scenes=2, method="cls", ratio=0.22),
+                          {"methods": ["fastv", "cls", "tome"], "ratios": [1.0, 0.22], "scenes": [0, 1]},
+                          {"scene": 0, "method": "tome", "ratio": 0.5}, moves)

@@ -13,7 +13,7 @@ from .pruning import LabState, mark_caption, caption_details, objects_html, cont
 
 # %% auto #0
 __all__ = ['KNOBS', 'PARAM_LABEL', 'Knob', 'check_strength', 'chair_counts', 'counts_html', 'SteerResult', 'SteeringState',
-           'SteeringPlayground']
+           'SteeringPlayground', 'bench_controls']
 
 # %% ../../nbs/widgets/04_steering.ipynb #c1eb97f3
 @dataclass
@@ -262,3 +262,11 @@ class SteeringPlayground(Explorer):
         if name == "scene": return self.state.cached(value, m, x)
         if name == "method": return self.state.cached(s, value, self.state.default(value))
         return self.state.cached(s, m, value)
+
+# %% ../../nbs/widgets/04_steering.ipynb #c4898e4a
+def bench_controls(moves: int = 12) -> dict:
+    "The steering playground on `vlm-calib-parts` for `bench/widgets.py` (see `tokenlab.widgets.pruning.bench_explorer`)."
+    from tokenlab.widgets.pruning import bench_explorer
+    return bench_explorer(lambda: SteeringPlayground(scenes=2, method="vcd"),
+                          {"methods": ["none", "vcd", "pai"], "strengths": "default", "scenes": [0, 1]},
+                          {"scene": 0, "method": "m3id"}, moves)
