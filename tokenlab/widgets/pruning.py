@@ -388,7 +388,7 @@ class PruningViewer(Explorer):
         t0 = time.perf_counter()
         s, m, r = self.current
         new = not self.state.cached(s, m, r)
-        if new: self.set_status(f"computing scene {s} · {m} · {_pct(r)} ...")
+        if new: self.set_status(f"computing scene {s} · {m} · {_pct(r)} …")
         try: self.view.value = self.state.html(s, m, r)
         except TokenlabError:
             self.view.value = ""

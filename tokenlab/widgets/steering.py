@@ -25,13 +25,13 @@ class Knob:
     fixed: dict = field(default_factory=dict)
     decoding: dict = field(default_factory=dict)
 
-KNOBS = {"none": Knob("", (0.0,), 0.0),
-         "vcd": Knob("alpha", (0.0, 0.5, 1.0, 2.0, 4.0), 1.0),
+KNOBS = {"vcd": Knob("alpha", (0.0, 0.5, 1.0, 2.0, 4.0), 1.0),
          "m3id": Knob("lam", (0.0, 0.02, 0.05, 0.2, 1.0), 0.02),
          "dola": Knob("lam", (0.0, 0.5, 1.0, 2.0), 1.0, decoding={"repetition_penalty": 1.2}),
          "vista": Knob("lam", (0.0, 0.01, 0.03, 0.05, 0.1), 0.03, fixed={"alpha": 0.0}),
          "pai": Knob("alpha", (0.0, 0.2, 0.5, 1.0), 0.2),
-         "opera": Knob("penalty", (0.0, 0.5, 1.0, 2.0), 1.0)}
+         "opera": Knob("penalty", (0.0, 0.5, 1.0, 2.0), 1.0),
+         "none": Knob("", (0.0,), 0.0)}                      # last in the menu: off, the same as any strength 0
 PARAM_LABEL = {"lam": "lambda"}
 
 def check_strength(x) -> float:
@@ -220,9 +220,9 @@ class SteeringPlayground(Explorer):
         if self._quiet: return
         t0 = time.perf_counter()
         s, m, x = self.current
-        label = f"scene {s} · {m}" + ("" if m == "none" else f" {x:g}")
+        label = f"scene {s} · {m}" + ("" if m == "none" else f" {x:g}" + (" (off: unsteered)" if x == 0 else ""))
         new = not self.state.cached(s, m, x)
-        if new: self.set_status(f"computing {label} ...")
+        if new: self.set_status(f"computing {label} …")
         try: self.view.value = self.state.html(s, m, x)
         except TokenlabError:
             self.view.value = ""
