@@ -12,6 +12,7 @@ BENCHMARKS = {
     "dinov2": "bench.dinov2",
     "steering_cost": "bench.steering_cost",
     "pruning_prefill": "bench.pruning_prefill",
+    "widgets": "bench.widgets",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

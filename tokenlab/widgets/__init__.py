@@ -11,4 +11,6 @@ __getattr__, __dir__ = lazy_exports("tokenlab.widgets", {
     "base": ["Explorer", "styled", "esc", "heat_png", "img_tag"],
     "tokens": ["TokenInspector", "TokenState", "load_named", "tokenizer_names", "parallel_english", "undertrained_smollm2"],
     "attention": ["AttentionExplorer", "AttentionState", "AttentionRecord", "attention_rows"],
+    "pruning": ["PruningViewer", "PruningState", "control_latency", "lab_vlm", "lab_world", "lab_scenes"],
+    "steering": ["SteeringPlayground", "SteeringState"],
 })

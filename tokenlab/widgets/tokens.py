@@ -134,8 +134,9 @@ class TokenState:
         for n in names:
             tok = load_named(n)
             ps = pieces(tok, text)
+            missing = getattr(tok, "missing_bytes", frozenset())
             row = {"tokenizer": n, "tokens": len(ps), "chars_per_token": len(text) / max(len(ps), 1), "pieces": ps,
-                   "premium": None, "english": None}
+                   "premium": None, "english": None, "dropped_bytes": sum(b in missing for b in text.encode("utf-8"))}
             if par is not None:
                 e = len(tok.encode(par[3]))
                 row["english"], row["premium"] = e, len(ps) / max(e, 1)
@@ -146,7 +147,7 @@ class TokenState:
     def marks(self, name: str) -> dict[int, str]:
         return undertrained_smollm2(self.undertrained_source) if name == SMOLLM2 else {}
 
-    def render_row(self, row: dict) -> str:
+    def render_row(self, row: dict, show_ids: bool = False) -> str:
         marks = self.marks(row["tokenizer"])
         spans = []
         for j, (i, b, label) in enumerate(row["pieces"][: self.max_shown]):
@@ -155,23 +156,26 @@ class TokenState:
             tip = f"id {i} | bytes {b.hex(' ')}" + (f" | under-trained ({bad})" if bad else "")
             cls = "tl-token tl-undertrained" if bad else "tl-token"
             spans.append(f'<span class="{cls}" data-id="{i}" title="{esc(tip)}" style="{style}padding:0 1px;margin:0 1px;'
-                         f'border-radius:3px;font-family:monospace;white-space:pre">{esc(label)}</span>')
+                         f'border-radius:3px;font-family:monospace;white-space:pre">{esc(label)}'
+                         + (f'<sub style="font-size:8px;color:#555">{i}</sub>' if show_ids else "") + '</span>')
         more = len(row["pieces"]) - self.max_shown
         if more > 0: spans.append(f'<span class="tl-more"> … {more} more tokens</span>')
         prem = "" if row["premium"] is None else f' · premium <b>{row["premium"]:.2f}</b>x ({row["english"]} tokens in English)'
         nbad = sum(1 for i, _, _ in row["pieces"] if i in marks)
         bad = f' · <span style="color:#d00000">{nbad} under-trained</span>' if nbad else ""
+        lost = (f' · <span class="tl-dropped" style="color:#d00000">&#9888; {row["dropped_bytes"]} bytes dropped (no token for them)</span>'
+                if row.get("dropped_bytes") else "")
         head = (f'<div class="tl-row-head"><b>{esc(row["tokenizer"])}</b>: {row["tokens"]} tokens · '
-                f'{row["chars_per_token"]:.2f} chars/token{prem}{bad}</div>')
+                f'{row["chars_per_token"]:.2f} chars/token{prem}{bad}{lost}</div>')
         return f'<div class="tl-row" data-tokenizer="{esc(row["tokenizer"])}" style="margin-bottom:8px">{head}<div style="line-height:1.9">{"".join(spans)}</div></div>'
 
-    def render(self, rows: list[dict]) -> str:
+    def render(self, rows: list[dict], show_ids: bool = False) -> str:
         par = self.parallel
         note = ""
         if par is not None:
             what = "the whole declaration" if par[2] is None else f"article {par[2]}"
             note = f'<div class="tl-parallel">UDHR {what} in {esc(par[1])} ({esc(par[0])}): premium = tokens / tokens of the English version</div>'
-        return note + "".join(self.render_row(r) for r in rows)
+        return note + "".join(self.render_row(r, show_ids) for r in rows)
 
     def status(self, rows: list[dict]) -> str:
         return ", ".join(f'{r["tokenizer"]} {r["tokens"]} tokens' for r in rows)
@@ -203,6 +207,8 @@ class TokenInspector(Explorer):
         self.language = styled(W.Dropdown(options=[("(UDHR article…)", "")] + udhr_choices(languages),
                                           value="", description="load"), "tl-language")
         self.article = styled(W.BoundedIntText(value=1, min=1, max=30, description="article", layout=W.Layout(width="150px")), "tl-article")
+        self.show_ids = styled(W.Checkbox(value=False, description="show ids", indent=False), "tl-show-ids")
+        self.on_change(self.show_ids, self.refresh)
         self.on_change(self.text, self.refresh)
         self.on_change(self.tokenizers, self.refresh)
         self.on_change(self.language, self.load_article)
@@ -210,7 +216,7 @@ class TokenInspector(Explorer):
         self.guarded(self.refresh)
 
     def controls(self):
-        return [self.text, W.HBox([self.tokenizers, W.VBox([self.language, self.article])])]
+        return [self.text, W.HBox([self.tokenizers, W.VBox([self.language, self.article, self.show_ids])])]
 
     def load_article(self):
         if not self.language.value: return
@@ -222,5 +228,5 @@ class TokenInspector(Explorer):
     def refresh(self):
         rows = self.state.encode(self.text.value, self.tokenizers.value)
         self.rows = rows
-        self.view.value = self.state.render(rows)
+        self.view.value = self.state.render(rows, self.show_ids.value)
         self.set_status(self.state.status(rows))
