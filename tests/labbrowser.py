@@ -221,7 +221,7 @@ for (const c of cells) for (const o of c.model.outputs.toJSON())
   if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue + '\\n' + (o.traceback || []).slice(-3).join('\\n'));
 return {app: true, notebook: true, id: w.id, current: !!cur && cur.id === w.id, ready: w.context.isReady && ctx.isReady,
         kernel: ctx.kernelDisplayStatus, kernelName: ctx.kernelDisplayName,
-        cells: cells.length,
+        cells: cells.length, cells_with_code: cells.filter(c => c.model.sharedModel.getSource().trim()).length,
         pending: cells.filter(c => c.model.sharedModel.getSource().trim() &&
                                    (c.model.executionCount === null || c.promptNode.textContent.includes('*'))).length,
         errors: errors};
@@ -288,9 +288,14 @@ class Page:
         self.wait(f"{path} to open as the current widget with an idle kernel", ready, timeout)
 
     def run_all(self, timeout: float = 120) -> float:
-        "Run > Run All Cells (the JupyterLab command); wait until every code cell ran; fail on the first error output."
+        """Clear the saved outputs, then Run > Run All Cells (the JupyterLab commands); wait until every code cell ran
+        in this kernel; fail on the first error output."""
         t0 = time.monotonic()
         if not self.state().get("current"): raise BrowserTestError(f"{self.path} is not the current widget\n{self.report()}")
+        self.d.execute_script("return window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs');")
+        st = self.state()
+        if st.get("pending") != st.get("cells_with_code"):     # a kept output or count would pass for this run's
+            raise BrowserTestError(f"outputs of {self.path} are still there after Clear All Outputs\n{self.report()}")
         self.d.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells'); return true;")
         def done():
             st = self.state()

@@ -119,22 +119,36 @@ def drive_attention_explorer(p: Page, root):
 
 
 def drive_by_contract(p: Page, root):
-    "Pruning viewer / steering playground (issue 14's contract): each of tl-method, tl-ratio, tl-strength present moves the view."
-    moved = 0
+    """Pruning viewer / steering playground (issue 14's contract): each of tl-method, tl-ratio, tl-strength present is
+    moved and the explorer must answer (status or view changes, no '…' of a running computation left, no message);
+    then every control goes back and the view must be the opening one again (results are cached), for the screenshot."""
+    view0, undo = p.html(root, "tl-view"), []
+    def settled(before):
+        return lambda: p.fingerprint(root, "tl-status", "tl-view") != before and "…" not in p.text(root, "tl-status")
     for cls, how in (("tl-method", "select"), ("tl-ratio", "slide"), ("tl-strength", "slide")):
         if not root.find_elements("css selector", f".{cls}"): continue
         before = p.fingerprint(root, "tl-status", "tl-view")
         if how == "select":
             opts, cur = p.options(root, cls), p.part(root, cls).find_element("css selector", "select").get_attribute("value")
-            p.select(root, cls, index=next(i for i, o in enumerate(opts) if i != (opts.index(cur) if cur in opts else 0)))
+            i0 = opts.index(cur) if cur in opts else 0
+            p.select(root, cls, index=(i0 + 1) % len(opts))
+            undo.append(lambda cls=cls, i0=i0: p.select(root, cls, index=i0))
         else:
-            p.move_slider(root, cls, 1 if p.slider_at_min(root, cls) else -1)
-        p.wait(f"the explorer to answer the moved .{cls}",
-               lambda: p.fingerprint(root, "tl-status", "tl-view") != before and "…" not in p.text(root, "tl-status"),
-               STEP_S + 60)
+            lo, v, hi = p.slider_range(root, cls)
+            if lo == hi: continue                             # a one-value slider (e.g. a method without strengths)
+            step = 1 if v < hi else -1
+            p.move_slider(root, cls, step)
+            undo.append(lambda cls=cls, step=step: p.move_slider(root, cls, -step))
+        p.wait(f"the explorer to answer the moved .{cls}", settled(before), STEP_S + 60)
         assert no_message(p, root), p.report()
-        moved += 1
-    assert moved, "none of tl-method, tl-ratio, tl-strength is in the explorer"
+    assert undo, "none of tl-method, tl-ratio, tl-strength could be moved in the explorer"
+    for back in reversed(undo):
+        before = p.fingerprint(root, "tl-status", "tl-view")
+        back()
+        p.wait("the explorer to answer a control moved back", settled(before), STEP_S + 60)
+    p.wait("the opening view again after every control went back",
+           lambda: p.html(root, "tl-view") == view0 and "…" not in p.text(root, "tl-status"), STEP_S + 60)
+    assert no_message(p, root), p.report()
 
 
 DRIVERS = {"token_inspector": ("token-inspector", drive_token_inspector),
