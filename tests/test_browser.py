@@ -10,7 +10,7 @@ explorer lands in `.test-output/browser/<notebook>.png` (git-ignored; the README
 are not pinned to one worker: `--dist loadgroup` does not group under pytest 9.2, pytest-dev/pytest-xdist#1386, and a
 second server costs about 2 s); each test gets a fresh chromium, a fresh kernel and a whole-test timeout."""
 from __future__ import annotations
-import os, re, shutil, signal, time
+import re, shutil, signal, time
 from pathlib import Path
 import pytest
 from tokenlab.lab.core import repo_root
@@ -208,6 +208,7 @@ def page(lab, deadline, tmp_path):
         b.start()
         yield Page(b, lab, deadline)
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)          # the whole-test alarm must not cut the teardown short
         killed = b.stop()
         lab.shutdown_kernels()
         if killed: print(f"browser test: killed {len(killed)} chromium processes that outlived driver.quit(): {killed}")
