@@ -20,7 +20,8 @@ def test_pieces_are_the_text_bytes(text, name):
     ps = pieces(tok, text)
     want = bytes(b for b in text.encode("utf-8") if b not in getattr(tok, "missing_bytes", ()))
     assert b"".join(b for _, b, _ in ps) == want
-    assert TokenState([name]).encode(text)[0]["dropped_bytes"] == len(text.encode("utf-8")) - len(want)
+    if text.strip():                                    # whitespace-only text is refused as empty (tested below)
+        assert TokenState([name]).encode(text)[0]["dropped_bytes"] == len(text.encode("utf-8")) - len(want)
     assert all(label for _, _, label in ps)
 
 
