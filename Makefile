@@ -12,7 +12,7 @@ JOBS ?= 2
 help:
 	@echo "make reproduce   fetch assets, run every experiment (profile cpu) -> figures/cpu/"
 	@echo "make test        unit, property, notebook and smoke-profile experiment tests"
-	@echo "make lab         open the notebook collection in JupyterLab"
+	@echo "make lab         open the notebook collection (and the explorers in nbs/explorers/) in JupyterLab"
 	@echo "make export      nbdev_clean + nbdev_export after editing nbs/"
 	@echo "make bench       run the benchmarks in bench/"
 
@@ -51,8 +51,9 @@ browser-deps:
 	fi
 	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { echo "no /usr/bin/chromium or /usr/bin/chromedriver" >&2; exit 1; }
 
+# JupyterLab 4.6.6 and ipywidgets 8.1.9 are in the pinned dev requirements that $(STAMP) installs.
 lab: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check "jupyterlab==4.6.6" -c constraints.txt
+	$(VENV)/bin/tokenlab fetch --tier all
 	$(VENV)/bin/jupyter lab nbs/
 
 export: $(STAMP)
