@@ -10,8 +10,8 @@ from .core import TokenlabError, atomic_write_text, data_dir, repo_root
 
 # %% auto #0
 __all__ = ['VOLATILE_TAG', 'WIDGET_VIEW', 'MAX_NOTEBOOK_MB', 'THREAD_ENV', 'stable_paths', 'scrub_text', 'is_progress_bar',
-           'scrub_outputs', 'volatile_note', 'scrub_notebook', 'max_notebook_bytes', 'notebook_json', 'write_scrubbed',
-           'library_notebooks', 'execute_notebook', 'execute_notebooks']
+           'scrub_outputs', 'volatile_note', 'library_note', 'scrub_notebook', 'max_notebook_bytes', 'notebook_json',
+           'write_scrubbed', 'library_notebooks', 'execute_notebook', 'execute_notebooks']
 
 # %% ../../nbs/lab/08_notebooks.ipynb #9efbe44b
 VOLATILE_TAG = "volatile"                                   # cell tag: outputs depend on the machine (timings)
@@ -128,9 +128,14 @@ def volatile_note(source: str) -> str:
              if saved else "Timings of each run are recorded in MANIFEST.json (`seconds`).")
     return f"[Output removed: this cell is tagged `{VOLATILE_TAG}`, its output depends on the machine (timings). {where}]\n"
 
+def library_note(source: str) -> str:
+    "The same line for a library notebook, which keeps its measurements nowhere."
+    return f"[Output removed: this cell is tagged `{VOLATILE_TAG}`, its output depends on the machine (timings); run the notebook to see it.]\n"
+
 # %% ../../nbs/lab/08_notebooks.ipynb #eef3fabb
-def scrub_notebook(nb, paths: list[tuple[str, str]] | None = None) -> dict:
-    "A scrubbed copy of notebook `nb`: what would differ between two runs removed or made stable (see above)."
+def scrub_notebook(nb, paths: list[tuple[str, str]] | None = None, note=volatile_note) -> dict:
+    """A scrubbed copy of notebook `nb`: what would differ between two runs removed or made stable (see above);
+    `note(source)` is the line that replaces the outputs of a `volatile` cell."""
     nb = json.loads(json.dumps(nb))
     paths = stable_paths() if paths is None else paths
     nb["metadata"] = {k: v for k, v in (nb.get("metadata") or {}).items() if k not in _NB_META_DROP}
@@ -140,7 +145,7 @@ def scrub_notebook(nb, paths: list[tuple[str, str]] | None = None) -> dict:
         if "injected-parameters" in tags: c["id"] = "injected-parameters"
         if c.get("cell_type") != "code": continue
         if VOLATILE_TAG in tags:
-            if c.get("outputs"): c["outputs"] = [{"output_type": "stream", "name": "stdout", "text": [volatile_note(_text(c.get("source")))]}]
+            if c.get("outputs"): c["outputs"] = [{"output_type": "stream", "name": "stdout", "text": [note(_text(c.get("source")))]}]
         else: c["outputs"] = scrub_outputs(c.get("outputs") or [], paths)
     return nb
 
@@ -267,7 +272,7 @@ def execute_notebook(path: Path, timeout: float = 900, check: bool = False, root
             err = (p.stderr or p.stdout).strip().splitlines()
             return dict(path=path, status="failed", error="\n".join(err[-25:]) or f"exit code {p.returncode}",
                         seconds=time.perf_counter() - t0)
-        nb = scrub_notebook(json.loads(out.read_text(encoding="utf-8")), stable_paths({tmp: "<tmp>", work: "<tmp>"}))
+        nb = scrub_notebook(json.loads(out.read_text(encoding="utf-8")), stable_paths({tmp: "<tmp>", work: "<tmp>"}), library_note)
     text = _nbdev_text(nb, s)
     _check_size(text.encode("utf-8"), path.name)
     old = path.read_text(encoding="utf-8")
