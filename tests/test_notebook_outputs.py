@@ -130,6 +130,7 @@ def test_write_scrubbed_is_atomic_and_refuses_a_huge_notebook(tmp_path, monkeypa
 # --- the committed notebooks ---------------------------------------------------------------------------------------
 
 LIBRARY = nbs.library_notebooks(root=ROOT)
+CHEAP = ROOT / "nbs" / "vision" / "02_shapeworld.ipynb"          # a few seconds; a figure, tables and printed values
 CPU_NOTEBOOKS = sorted((ROOT / "figures" / "cpu" / "notebooks").glob("*.ipynb"))
 HERE = [p for p in {str(ROOT), str(Path(ROOT).resolve()), str(Path.home()), sys.prefix, os.path.realpath(sys.prefix), "/tmp/"}
         if len(p) > 1]
@@ -171,10 +172,10 @@ def test_library_notebook_keeps_the_outputs_of_its_examples(path):
 
 @pytest.mark.parametrize("path", LIBRARY + CPU_NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_committed_notebook_has_no_volatile_output(path):
-    text = path.read_text()
-    nb = json.loads(text)
+    nb = json.loads(path.read_text())
     assert "papermill" not in nb["metadata"] and all(set(c["metadata"]) <= {"tags"} for c in nb["cells"]), f"{path.name}: execution metadata"
-    assert "application/vnd.jupyter.widget-view+json" not in text, f"{path.name}: a widget view (random model id)"
+    views = [c["id"] for c in nb["cells"] for o in c.get("outputs", []) if nbs.WIDGET_VIEW in (o.get("data") or {})]
+    assert not views, f"{path.name}: a widget view (random model id) in cells {views}"
     for cid, t in _texts(nb):
         assert not any(nbs.is_progress_bar(l) for l in t.splitlines()), f"{path.name} cell {cid}: a progress bar"
         for pat, what in VOLATILE: assert not pat.search(t), f"{path.name} cell {cid}: {what}: {pat.search(t).group(0)!r}"
@@ -198,14 +199,14 @@ def test_nbdev_clean_keeps_the_outputs_and_changes_nothing(tmp_path):
     "nbdev_clean over a copy of nbs/ leaves every committed notebook byte for byte (outputs kept: clear_all is off)."
     shutil.copytree(ROOT / "nbs", tmp_path / "nbs"); shutil.copy(ROOT / "settings.ini", tmp_path / "settings.ini")
     before = {p: p.read_bytes() for p in (tmp_path / "nbs").rglob("*.ipynb")}
+    probe = tmp_path / "nbs" / CHEAP.relative_to(ROOT / "nbs")                  # proof that nbdev_clean went over the copy
+    nb = json.loads(probe.read_text()); nb["cells"][0]["metadata"]["scrolled"] = True; probe.write_text(json.dumps(nb))
     p = subprocess.run([str(BIN / "nbdev_clean")], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     changed = sorted(str(k.relative_to(tmp_path)) for k, v in before.items() if k.read_bytes() != v)
     assert not changed, f"nbdev_clean changes {changed}; run `make export` (or `tokenlab notebooks --execute`) and commit"
     assert any(c.get("outputs") for p in before for c in json.loads(p.read_text())["cells"]), "no notebook kept any output"
 
-
-CHEAP = ROOT / "nbs" / "lab" / "07_params.ipynb"
 
 
 def test_a_library_notebook_reexecuted_gives_the_same_bytes():
