@@ -7,13 +7,14 @@ STAMP := $(VENV)/.tokenlab-installed
 PROFILE ?= cpu
 JOBS ?= 2
 
-.PHONY: help venv reproduce test test-fast smoke fetch lab export clean-nbs bench browser-deps
+.PHONY: help venv reproduce test test-fast smoke fetch lab export clean-nbs bench browser-deps outputs
 
 help:
 	@echo "make reproduce   fetch assets, run every experiment (profile cpu) -> figures/cpu/"
 	@echo "make test        unit, property, notebook and smoke-profile experiment tests"
 	@echo "make lab         open the notebook collection (and the explorers in nbs/explorers/) in JupyterLab"
 	@echo "make export      nbdev_clean + nbdev_export after editing nbs/"
+	@echo "make outputs     execute the library notebooks in nbs/ and keep their outputs (scrubbed)"
 	@echo "make bench       run the benchmarks in bench/"
 
 venv: $(STAMP)
@@ -58,6 +59,10 @@ lab: $(STAMP)
 
 export: $(STAMP)
 	$(VENV)/bin/nbdev_clean && $(VENV)/bin/nbdev_export
+
+outputs: $(STAMP)
+	$(VENV)/bin/tokenlab fetch --tier all
+	$(VENV)/bin/tokenlab notebooks --execute --jobs $(JOBS)
 
 bench: $(STAMP)
 	$(VENV)/bin/tokenlab fetch --tier core

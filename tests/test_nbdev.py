@@ -77,6 +77,10 @@ def test_smoke_profile_of_every_experiment(smoke_jobs2, capsys):
         assert line and f"**{o['verdict']}**" in line, f"claim {o['id']} has no verdict in REPORT.md"
     assert sorted(man["runs"]) == sorted(r["name"] for r in res)
     assert {o["run_id"] for o in man["outputs"].values()} <= {r["run_id"] for r in man["runs"].values()}
+    for name, run in man["runs"].items():            # each executed notebook published, scrubbed, beside the figures
+        nb = run["executed_notebook"]
+        assert nb["path"] == f"notebooks/{name}.ipynb" and results.sha256_file(figs / nb["path"]) == nb["sha256"]
+        assert f"- [`{name}`](notebooks/{name}.ipynb)" in rep
 
 
 def test_smoke_profile_with_one_job(smoke_jobs1, capsys):
@@ -84,17 +88,18 @@ def test_smoke_profile_with_one_job(smoke_jobs1, capsys):
 
 
 def output_hashes(figs: Path) -> dict[str, str]:
-    "sha256 of every published output (CSV, MD, PNG, SVG ...) and of REPORT.md; MANIFEST.json holds timings, left out."
+    "sha256 of every published output (CSV, MD, PNG, SVG ...), of REPORT.md and of notebooks/*.ipynb; MANIFEST.json holds timings, left out."
     from tokenlab.lab.core import sha256_file
     return {str(f.relative_to(figs)): sha256_file(f) for f in sorted(figs.rglob("*")) if f.is_file()
             and f.name not in ("MANIFEST.json", ".MANIFEST.json.lock") and ".staging" not in f.parts}
 
 
 def test_smoke_outputs_do_not_depend_on_jobs(smoke_jobs2, smoke_jobs1):
-    "Every output of the smoke profile, and REPORT.md, byte for byte the same with --jobs 2 and --jobs 1."
+    "Every output of the smoke profile, REPORT.md and the executed notebooks, byte for byte the same with --jobs 2 and --jobs 1."
     figs2, figs1 = Path(smoke_jobs2["figs"]), Path(smoke_jobs1["figs"])
     first, second = output_hashes(figs2), output_hashes(figs1)
     assert "REPORT.md" in first and any(k.endswith(".png") for k in first) and any(k.endswith(".csv") for k in first)
+    assert sum(k.startswith("notebooks/") and k.endswith(".ipynb") for k in first) == len(smoke_jobs2["res"])
     differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
     assert not differ, f"{len(differ)} of {len(first)} outputs differ between --jobs 2 and --jobs 1: {', '.join(differ)}"
     m1, m2 = (stable_manifest(json.loads((f / "MANIFEST.json").read_text())) for f in (figs2, figs1))

@@ -15,4 +15,5 @@ __getattr__, __dir__ = lazy_exports("tokenlab.lab", {
     "results": ["savefig", "save_table", "claim", "read_manifest"],
     "runner": ["run"],
     "params": ["require"],
+    "notebooks": ["scrub_notebook", "execute_notebooks"],
 })

@@ -13,9 +13,9 @@ from .core import (TokenlabError, check_choice, figures_dir, atomic_path, atomic
                                device_description, repo_root)
 
 # %% auto #0
-__all__ = ['VERDICTS', 'PACKAGES', 'RESERVED', 'FAILED_HEAD', 'seed_everything', 'new_run_id', 'context', 'init', 'report_path',
-           'manifest_path', 'git_state', 'package_versions', 'read_manifest', 'md_cell', 'render_report', 'commit_run',
-           'record_failure', 'savefig', 'save_table', 'claim']
+__all__ = ['VERDICTS', 'PACKAGES', 'RESERVED', 'RUN_KEYS', 'FAILED_HEAD', 'seed_everything', 'new_run_id', 'context', 'init',
+           'report_path', 'manifest_path', 'git_state', 'package_versions', 'read_manifest', 'md_cell', 'render_report',
+           'commit_run', 'record_failure', 'savefig', 'save_table', 'claim']
 
 # %% ../../nbs/lab/04_results.ipynb #33beea0b
 VERDICTS = ("holds", "direction only", "not reproduced", "reversed", "inconclusive")   # inconclusive: the run could not decide (e.g. nothing was learned)
@@ -71,6 +71,13 @@ def context() -> dict:
     return dict(notebook=None, profile=os.environ.get("TOKENLAB_PROFILE") or "smoke", params={}, seed=None,
                 t0=_T_IMPORT, run_id=os.environ.get("TOKENLAB_RUN_ID"), stage=Path(stage) if stage else None)
 
+# %% ../../nbs/lab/04_results.ipynb #3a089df3
+RUN_KEYS = ("t0", "run_id", "stage", "git", "packages", "device", "seconds")   # what a notebook does not display
+
+class _Shown(dict):
+    "A dict that IPython displays without its run-dependent keys (`RUN_KEYS`); everything else is a plain dict."
+    def _repr_pretty_(self, p, cycle): p.pretty({k: v for k, v in self.items() if k not in RUN_KEYS})
+
 # %% ../../nbs/lab/04_results.ipynb #91c99f96
 def init(notebook: str, profile: str, params: dict | None = None, seed: int = 0) -> dict:
     "Start a run of `notebook` under `profile`: seed everything, name the run, start the clock, return the context."
@@ -83,7 +90,7 @@ def init(notebook: str, profile: str, params: dict | None = None, seed: int = 0)
                 stage=Path(stage) if stage else None)
     seed_everything(seed)
     if _CTX["stage"]: _stage_preview([])
-    return context()
+    return _Shown(context())
 
 # %% ../../nbs/lab/04_results.ipynb #79502c3e
 def _out_dir() -> Path: return figures_dir(context()["profile"])
@@ -173,8 +180,12 @@ def md_cell(x) -> str:
 
 # %% ../../nbs/lab/04_results.ipynb #9661ce95
 def render_report(man: dict) -> str:
-    "REPORT.md text from a manifest: claims table, then figures and tables with captions (relative links)."
+    """REPORT.md text from a manifest: claims table, then figures and tables with captions, then the executed notebooks
+    (relative links)."""
     outs = sorted(man["outputs"].values(), key=lambda o: str(o.get("notebook") or ""))
+    executed = {n: r["executed_notebook"]["path"] for n, r in sorted((man.get("runs") or {}).items())
+                if isinstance(r.get("executed_notebook"), dict) and r["executed_notebook"].get("path")}
+    def nb_link(n): return f"[`{n}`]({executed[n]})" if n in executed else f"`{n}`"
     notebooks = sorted({o["notebook"] or "-" for o in outs})
     where = f"profile `{man['profile']}`" + (f", sweep point `{man['sweep']}`" if man.get("sweep") else "")
     lines = [f"# tokenlab report: {where}", "",
@@ -197,7 +208,11 @@ def render_report(man: dict) -> str:
             links = " · ".join(f"[{Path(f['path']).suffix[1:].upper()}]({f['path']})" for f in o["files"])
             lines += ["", f"### `{o['id']}`", "", o["caption"], ""]
             if kind == "figure": lines.append(f"![{md_cell(o['caption'])}]({o['files'][0]['path']})")
-            lines.append(f"{links} · notebook `{o['notebook']}`")
+            lines.append(f"{links} · notebook {nb_link(o['notebook'])}")
+    if executed:
+        lines += ["", "## Executed notebooks", "", "Each notebook as this run executed it, with its outputs; progress bars, timings, "
+                  "memory addresses and this machine's paths are scrubbed, so a reproduction gives the same bytes.", ""]
+        lines += [f"- {nb_link(n)}" for n in executed]
     return "\n".join(lines) + "\n"
 
 # %% ../../nbs/lab/04_results.ipynb #5e1d0a0c
@@ -228,8 +243,9 @@ def _write_published(d: Path, man: dict) -> None:
 
 # %% ../../nbs/lab/04_results.ipynb #5e1d0a0f
 def _publish(d: Path, entries: list[dict], notebook: str | None, run_id: str | None, run: dict | None = None,
-             stage: Path | None = None, header: dict | None = None) -> dict:
-    """The single writer of a folder: under its lock, move `entries`' files in from `stage` (if staged), merge
+             stage: Path | None = None, header: dict | None = None, files: list[str] = ()) -> dict:
+    """The single writer of a folder: under its lock, move `entries`' files and `files` (paths relative to `stage` and
+    `d`, e.g. the run's executed notebook) in from `stage` (if staged), merge
     (`_merged`), delete the stale entries' files, write the manifest (with `header`'s keys, e.g. `profile`, first)
     and the report. Returns the new manifest."""
     d, header = Path(d), dict(header or {})
@@ -240,6 +256,8 @@ def _publish(d: Path, entries: list[dict], notebook: str | None, run_id: str | N
         if stage is not None:
             for e in entries:
                 for f in e["files"]: os.replace(Path(stage) / f["path"], d / f["path"])
+            for f in files:
+                (d / f).parent.mkdir(parents=True, exist_ok=True); os.replace(Path(stage) / f, d / f)
         kept = {f["path"] for e in new["outputs"].values() for f in e["files"]}
         for e in gone:
             for f in e["files"]:
@@ -314,9 +332,11 @@ def commit_run(stage: Path, dest: Path, notebook: str, run_id: str, run: dict | 
     stamp = _strict({"run_parameters": run.get("parameters"), "library_sha256": run.get("library_sha256"),
                      "notebook_sha256": run.get("notebook_sha256")})
     entries = [{**e, "run_id": run_id, **stamp} for e in entries]
-    missing = [p["path"] for e in entries for p in e["files"] if not (stage / p["path"]).exists()]
+    nb = run.get("executed_notebook") or {}
+    extra = [nb["path"]] if nb.get("path") else []
+    missing = [p for p in [f["path"] for e in entries for f in e["files"]] + extra if not (stage / p).exists()]
     if missing: raise TokenlabError(f"run {run_id} of {notebook!r}: staged file {missing[0]!r} is missing; nothing published")
-    _publish(Path(dest), entries, notebook, run_id, run=_strict({**run, "run_id": run_id}), stage=stage, header=header)
+    _publish(Path(dest), entries, notebook, run_id, run=_strict({**run, "run_id": run_id}), stage=stage, header=header, files=extra)
     shutil.rmtree(stage, ignore_errors=True)
     return [e["id"] for e in entries]
 
@@ -378,5 +398,5 @@ def claim(id: str, statement: str, measured, expected, holds, source: str) -> di
     if isinstance(holds, bool) or type(holds).__name__ in ("bool", "bool_"): verdict = "holds" if holds else "not reproduced"
     else: verdict = check_choice("verdict", holds, VERDICTS)
     measured = measured if isinstance(measured, (int, float, str)) else _jsonable(measured)
-    return _register(_check_kind(id, "claim"), "claim", [], statement=statement, measured=measured, expected=str(expected),
-                     verdict=verdict, source=source)
+    return _Shown(_register(_check_kind(id, "claim"), "claim", [], statement=statement, measured=measured, expected=str(expected),
+                            verdict=verdict, source=source))

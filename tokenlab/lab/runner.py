@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from .core import TokenlabError, check_choice, repo_root, atomic_write_text, sha256_file, figures_dir
 from .results import md_cell, read_manifest, commit_run, record_failure, new_run_id
+from .notebooks import stable_paths, write_scrubbed
 
 # %% auto #0
 __all__ = ['STANDARD_PROFILES', 'KERNEL_START_TIMEOUT_S', 'THREAD_VARS', 'experiments_dir', 'runs_dir', 'list_notebooks',
@@ -450,6 +451,9 @@ def resume_check(job: Job, lib: str) -> str | None:
         for f in e.get("files", []):
             p = dest / f["path"]
             if not p.exists() or sha256_file(p) != f["sha256"]: return f"{f['path']} is missing or changed"
+    nb = run.get("executed_notebook") or {}
+    if not nb.get("path"): return f"run {run.get('run_id')} published no executed notebook"
+    if not (dest / nb["path"]).exists() or sha256_file(dest / nb["path"]) != nb.get("sha256"): return f"{nb['path']} is missing or changed"
     if any(e.get("notebook") == job.stem and e.get("run_id") != run.get("run_id") for e in man["outputs"].values()):
         return "outputs of another run of the notebook are registered"
     return None
@@ -471,6 +475,7 @@ class _Running:
     log: object
     record: dict
     dog: _Watchdog | None = None
+    executed: Path | None = None          # where papermill writes the executed notebook
     t0: float = field(default_factory=time.perf_counter)
 
 # %% ../../nbs/lab/05_runner.ipynb #d7e21329
@@ -494,7 +499,7 @@ def _start(job: Job, out_dir: Path, exp_dir: Path | None, threads: int | None, p
     cmd = [sys.executable, "-c", "from tokenlab.lab.runner import _child_main; _child_main()", str(jf)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0)
     if dog: dog.job(run_id, job_dest(job), job.stem, _fmt_params(job.label))
-    return _Running(job, proc, run_id, stage, tmp, log, run_record(job, lib), dog)
+    return _Running(job, proc, run_id, stage, tmp, log, run_record(job, lib), dog, out_dir / f"{job.name}.ipynb")
 
 # %% ../../nbs/lab/05_runner.ipynb #2c6b1f22
 def _finish(h: _Running, status: str | None = None, error: str | None = None) -> dict:
@@ -509,7 +514,11 @@ def _finish(h: _Running, status: str | None = None, error: str | None = None) ->
     if res["status"] == "ok":
         record = {**h.record, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         header = {"profile": h.job.params["profile"], **({"sweep": h.job.name} if h.job.label.get("_sweep") else {})}
-        try: commit_run(h.stage, dest, h.job.stem, h.run_id, record, header)
+        try:
+            rel = f"notebooks/{h.job.stem}.ipynb"
+            nb = write_scrubbed(h.executed, h.stage / rel, stable_paths({h.tmp: "<tmp>", h.tmp.parent: "<tmp>"}))
+            record["executed_notebook"] = {"path": rel, "bytes": nb["bytes"], "sha256": nb["sha256"]}
+            commit_run(h.stage, dest, h.job.stem, h.run_id, record, header)
         except (TokenlabError, OSError) as e: res = {"status": "failed", "error": f"could not publish the outputs: {e}"}
     if res["status"] != "ok":
         try: record_failure(dest, h.job.stem, h.run_id, res["error"] or res["status"], _fmt_params(h.job.label))
