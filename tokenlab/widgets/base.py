@@ -81,6 +81,11 @@ class Explorer:
     def set_status(self, text: str) -> None:
         self.status.value = f'<span class="tl-status-text">{esc(text)}</span>'
 
+    def snapshot(self):
+        "The current status and view as static HTML (what a reader of the saved notebook sees without a kernel)."
+        from IPython.display import HTML
+        return HTML(f'<div class="tokenlab-snapshot tokenlab-{self.kind}">{self.message.value}<div>{self.status.value}</div>{self.view.value}</div>')
+
     def _repr_mimebundle_(self, **kwargs):
         return self.root._repr_mimebundle_(**kwargs)
 
