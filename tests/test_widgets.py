@@ -77,8 +77,9 @@ def test_token_inspector_bad_input_is_a_message():
     ti.tokenizers.value = ()
     assert "at least one" in ti.message.value
     with pytest.raises(TokenlabError, match="unknown tokenizer"): TokenState(["gpt2", "nope"])
-    # an explorer built with an unknown tokenizer raises at construction (in Python, where the caller passed it)
-    with pytest.raises(TokenlabError, match="unknown tokenizer"): TokenInspector(tokenizers=["nope"])
+    # an explorer asked for an unknown tokenizer says so in the widget and shows the known ones (or the defaults)
+    ti2 = TokenInspector(tokenizers=["nope", "gpt2"])
+    assert "unknown tokenizer 'nope'" in ti2.last_error and "tl-error" in ti2.message.value and ti2.state.names == ["gpt2"] and "tl-token" in ti2.view.value
 
 
 def test_premium_is_tokens_over_english_tokens():

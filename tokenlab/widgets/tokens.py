@@ -200,7 +200,10 @@ class TokenInspector(Explorer):
     kind = "token-inspector"
     def __init__(self, text: str = DEFAULT_TEXT, tokenizers=DEFAULT_TOKENIZERS, languages: int = 40, **state):
         super().__init__()
-        self.state = TokenState(tokenizers, **state)
+        known = tokenizer_names()
+        asked = [tokenizers] if isinstance(tokenizers, str) else list(tokenizers)
+        unknown = [n for n in asked if n not in known]
+        self.state = TokenState([n for n in asked if n in known] or list(DEFAULT_TOKENIZERS), **state)
         self.text = styled(W.Textarea(value=text, continuous_update=False, layout=W.Layout(width="100%", height="90px")), "tl-text")
         self.tokenizers = styled(W.SelectMultiple(options=tokenizer_names(), value=tuple(self.state.names), rows=6,
                                                   description="tokenizers"), "tl-tokenizers")
@@ -214,6 +217,9 @@ class TokenInspector(Explorer):
         self.on_change(self.language, self.load_article)
         self.on_change(self.article, self.load_article)
         self.guarded(self.refresh)
+        if unknown:                                     # a bad name is a message in the widget, not an exception
+            self.show_error(TokenlabError(f"unknown tokenizer {', '.join(map(repr, unknown))}; showing "
+                                          f"{', '.join(self.state.names)}; valid: {', '.join(known)}"))
 
     def controls(self):
         return [self.text, W.HBox([self.tokenizers, W.VBox([self.language, self.article, self.show_ids])])]
