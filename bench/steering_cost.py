@@ -17,16 +17,12 @@ DESCRIPTION = (f"Milliseconds per generated token of each tokenlab.steering meth
 
 def run() -> dict:
     import torch
-    from tokenlab.vision.train import load_trained, CAPTION_PROMPT
-    from tokenlab.vision.world import ObjectWorld, Grammar, Difficulty
-    from tokenlab.models.trainer import zoo_dir
+    from tokenlab.vision.train import load_trained, trained_world, CAPTION_PROMPT
     from tokenlab.steering import Steer, VCD, M3ID, DoLa, VISTA, PAI, OPERA
     cuda = torch.cuda.is_available()
     if not cuda: torch.set_num_threads(THREADS)
     vlm = load_trained(MODEL, device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32, batch_size=16)
-    card = json.loads((zoo_dir() / MODEL / "card.json").read_text())
-    w = json.loads(card["data"]) if isinstance(card["data"], str) else card["data"]
-    world = ObjectWorld(Grammar.from_dict(w["grammar"]), Difficulty(**w["difficulty"]), size=w["size"], seed=w["seed"], order=w["order"])
+    world = trained_world(MODEL)
     images = [s.image for s in world.scenes(N_SCENES, start=1_000_000)]
 
     def ms_per_token(methods, **dec) -> float:

@@ -14,7 +14,7 @@ __getattr__, __dir__ = lazy_exports("tokenlab.vision", {
     "eval": ["chair", "pope_questions", "pope_score", "cooccurrence_share", "EvalResult"],
     "dinov2": ["dinov2_small", "cached_features"],
     "vlm": ["VLM", "tiny_vlm", "parts_vlm", "save_vlm"],
-    "train": ["train_tiny", "train_projector", "save_trained", "load_trained", "zoo_vlm"],
+    "train": ["train_tiny", "train_projector", "save_trained", "load_trained", "zoo_vlm", "zoo_card", "trained_world"],
     "lens": ["logit_lens", "object_tokens", "LensTrace", "ObjectTokens"],
     "fashion": ["FASHION_CLASSES", "fashion_mnist", "fashion_rgb", "fashion_split"],
 })

@@ -16,8 +16,8 @@ from .vlm import (VLM, IMAGE_TOKEN, word_tokenizer, tiny_vlm, parts_vlm, image_p
 
 # %% auto #0
 __all__ = ['CAPTION_PROMPT', 'ZOO_NAME', 'MAX_ZOO_BYTES', 'pairs', 'encode', 'collate', 'Trained', 'train_tiny',
-           'vision_features', 'projector_loss', 'train_projector', 'base_sha256', 'save_trained', 'load_trained',
-           'zoo_vlm']
+           'vision_features', 'projector_loss', 'train_projector', 'base_sha256', 'save_trained', 'zoo_card',
+           'trained_world', 'load_trained', 'zoo_vlm']
 
 # %% ../../nbs/vision/06_train.ipynb #c877236b
 CAPTION_PROMPT = "Describe the image."
@@ -265,12 +265,24 @@ def _system_of(processor) -> str | None:
     return m.group(1) if m else None
 
 # %% ../../nbs/vision/06_train.ipynb #ac836ad5
+def zoo_card(name: str) -> dict:
+    "The `card.json` of zoo VLM `name`; one line if there is none."
+    folder = _zoo_folder(name)
+    if not (folder / "card.json").exists(): raise TokenlabError(f"no trained VLM {name!r} in {folder.parent}; train it with zoo_vlm({name!r}, train, retrain=True)")
+    return json.loads((folder / "card.json").read_text())
+
+def trained_world(name: str):
+    "The ObjectWorld zoo VLM `name` was trained on, rebuilt from its card (grammar, difficulty, size, seed, caption order)."
+    from tokenlab.vision.world import ObjectWorld, Grammar
+    w = zoo_card(name)["data"]
+    w = json.loads(w) if isinstance(w, str) else w
+    return ObjectWorld(Grammar.from_dict(w["grammar"]), w["difficulty"], size=w["size"], seed=w["seed"], order=w["order"])
+
 def load_trained(name: str, vision=None, lm=None, tokenizer=None, device=None, dtype=None, **vlm_kw) -> VLM:
     "The VLM of zoo folder `name`: a tiny model as saved, or the base parts + the trained projector (base sha256 checked)."
     from safetensors.torch import load_file
     folder = _zoo_folder(name)
-    if not (folder / "card.json").exists(): raise TokenlabError(f"no trained VLM {name!r} in {folder.parent}; train it with zoo_vlm({name!r}, train, retrain=True)")
-    card = json.loads((folder / "card.json").read_text())
+    card = zoo_card(name)
     if card["kind"] != "projector": return VLM.from_pretrained(folder, device=device, dtype=dtype, **vlm_kw)
     model, proc = parts_vlm(vision, lm, tokenizer, **card["builder"])
     got = base_sha256(model)
