@@ -4,17 +4,19 @@
 
 # %% ../../nbs/widgets/03_pruning.ipynb #d2d61434
 from __future__ import annotations
-import colorsys, json, numbers, statistics, time
+import colorsys, numbers, statistics, time
 from dataclasses import dataclass
 import numpy as np
 import ipywidgets as W
 from ..lab.core import TokenlabError
 from .base import Explorer, styled, esc, png_bytes, img_tag
+from ..lab.params import check_number
+from ..pruning.base import grid_of
 
 # %% auto #0
 __all__ = ['DEFAULT_VLM', 'EVAL_START', 'MAKE_DEFAULT', 'MARK_STYLE', 'RATIOS', 'LM_SITE', 'lab_vlm', 'lab_world', 'lab_scenes',
            'model_image', 'LabState', 'caption_details', 'mark_caption', 'objects_html', 'vlm_pruners', 'viewer_site',
-           'check_method', 'PruneResult', 'token_map', 'group_colors', 'token_grid', 'token_overlay', 'PruningState',
+           'check_method', 'PruneResult', 'token_map', 'group_colors', 'token_overlay', 'PruningState', 'LabExplorer',
            'PruningViewer', 'control_latency', 'bench_explorer', 'bench_controls']
 
 # %% ../../nbs/widgets/03_pruning.ipynb #c3a1c469
@@ -24,14 +26,13 @@ MAKE_DEFAULT = "tokenlab run --profile cpu vlm_calibration -p retrain=true -p sa
 
 def _zoo_card(name: str) -> dict:
     "The card of zoo VLM `name`; a one-line error saying how to make it when it is missing."
-    from tokenlab.vision.train import _zoo_folder
+    from tokenlab.vision.train import _zoo_folder, zoo_card
     folder = _zoo_folder(name)
-    f = folder / "card.json"
-    if not f.exists():
+    if not (folder / "card.json").exists():
         how = f"`{MAKE_DEFAULT}`" if name == DEFAULT_VLM else "the vlm_calibration experiment (tokenlab run vlm_calibration -p save=true)"
         raise TokenlabError(f"no trained VLM {name!r} in {folder.parent}: it ships in the repository's data/zoo (restore it with "
                             f"git checkout data/zoo), or make it with {how}; its base weights come from `tokenlab fetch`")
-    return json.loads(f.read_text())
+    return zoo_card(name)
 
 def lab_vlm(vlm=None, **load_kw):
     "A `VLM` from a `VLM`, a `(model, processor)` pair, a zoo name, or None (the default `vlm-calib-parts`)."
@@ -46,16 +47,14 @@ def lab_vlm(vlm=None, **load_kw):
     return load_trained(name, **load_kw)
 
 def lab_world(name: str = DEFAULT_VLM):
-    "The ObjectWorld zoo VLM `name` was trained on (grammar, difficulty, size, seed, caption order from its card)."
-    from tokenlab.vision.world import ObjectWorld, Grammar, Difficulty
-    card = _zoo_card(name)
-    w = json.loads(card["data"]) if isinstance(card["data"], str) else card["data"]
-    return ObjectWorld(Grammar.from_dict(w["grammar"]), Difficulty(**w["difficulty"]), size=w["size"], seed=w["seed"], order=w["order"])
+    "The ObjectWorld zoo VLM `name` was trained on (`tokenlab.vision.train.trained_world`, with this module's missing-model message)."
+    from tokenlab.vision.train import trained_world
+    _zoo_card(name)
+    return trained_world(name)
 
 def lab_scenes(world, n: int = 8, start: int = EVAL_START) -> list:
     "`n` scenes of `world` from index `start` (default: the held-out indices of the experiments)."
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise TokenlabError(f"number of scenes must be a positive integer, got {n!r}")
-    return list(world.scenes(int(n), start=start))
+    return list(world.scenes(check_number("number of scenes", n, 1, integer=True), start=start))
 
 def model_image(vlm, im):
     "`im` at the input size `vlm` takes (resized only when the VLM does not resize itself and the size differs)."
@@ -218,17 +217,11 @@ def group_colors(k: int) -> np.ndarray:
     return np.array([[round(255 * c) for c in colorsys.hls_to_rgb((i * 0.618033988749895) % 1, 0.5 if i % 2 else 0.42, 0.85)]
                      for i in range(max(k, 0))], dtype=np.uint8).reshape(-1, 3)
 
-def token_grid(n: int) -> tuple[int, int]:
-    "The square (h, w) grid of `n` image tokens; one line if `n` is not a square."
-    g = int(round(n ** 0.5))
-    if g * g != n: raise TokenlabError(f"{n} image tokens do not form a square grid; the viewer draws square token grids only")
-    return g, g
-
 def token_overlay(img: np.ndarray, assign: np.ndarray, sizes: np.ndarray, grid: tuple[int, int] | None = None) -> np.ndarray:
     "The (H, W, 3) uint8 image with the token map drawn over it (see the prose)."
     img = np.asarray(img, dtype=np.uint8)
     assign = np.asarray(assign)
-    h, w = grid or token_grid(len(assign))
+    h, w = grid_of(len(assign), grid)                 # square unless `grid` says otherwise (one line if neither fits)
     H, Wd = img.shape[:2]
     ys, xs = np.linspace(0, H, h + 1).round().astype(int), np.linspace(0, Wd, w + 1).round().astype(int)
     cell = np.repeat(np.repeat(assign.reshape(h, w), np.diff(ys), 0), np.diff(xs), 1)      # (H, W): output of each pixel
@@ -256,9 +249,7 @@ class PruningState(LabState):
         self.methods = [check_method(m, allowed) for m in (methods or allowed)]
         if not self.methods: raise TokenlabError(f"no pruning methods given; allowed: {', '.join(allowed)}")
         self.ratios = sorted({check_ratio(r) for r in ratios}, reverse=True)
-        if isinstance(lm_layer, bool) or not isinstance(lm_layer, numbers.Integral) or lm_layer < 1:
-            raise TokenlabError(f"lm_layer must be an integer >= 1 (the LM layer where FastV / DART cut), got {lm_layer!r}")
-        self.lm_layer = int(lm_layer)
+        self.lm_layer = check_number("lm_layer (the LM layer where FastV / DART cut)", lm_layer, 1, integer=True)
         self.sites = {m: viewer_site(m) for m in allowed} | dict(sites or {})
         self.results: dict = {}               # key -> PruneResult
         self.failures: dict = {}              # key -> one-line refusal
@@ -355,7 +346,33 @@ class PruningState(LabState):
                 f'<div style="margin-top:8px">{objects_html(d)}</div></div></div>')
 
 # %% ../../nbs/widgets/03_pruning.ipynb #675c163f
-class PruningViewer(Explorer):
+class LabExplorer(Explorer):
+    "An explorer over a cached lab state (`state.cached`, `state.html`, `state.results` keyed by `current`): the shared refresh and precompute."
+    _quiet = False                      # set while several controls move at once (`select`)
+
+    def label(self) -> str: raise NotImplementedError
+
+    def refresh(self, note: str = "") -> None:
+        if self._quiet: return
+        t0, key, label = time.perf_counter(), self.current, self.label()
+        new = not self.state.cached(*key)
+        if new: self.set_status(f"computing {label} …")
+        try: self.view.value = self.state.html(*key)
+        except TokenlabError:
+            self.view.value = ""
+            self.set_status(f"{label}: refused (see the message)")
+            raise
+        ms = (time.perf_counter() - t0) * 1000
+        self.set_status(f"{label} · {'computed' if new else 'cached'} in {ms:.0f} ms · {len(self.state.results)} results cached{note}")
+
+    def precompute(self, *args, **kwargs) -> bool:
+        "`state.precompute(...)` guarded (bad input: a message, False); then the current view is refreshed."
+        def go():
+            out = self.state.precompute(*args, **kwargs)
+            self.refresh(f" · precomputed {out['computed']} new of {out['combinations']} ({out['failed']} refused)")
+        return self.guarded(go)
+
+class PruningViewer(LabExplorer):
     "ipywidgets over a `PruningState`: scene, method and kept-ratio controls; image, token map and marked caption."
     kind = "pruning-viewer"
 
@@ -368,7 +385,6 @@ class PruningViewer(Explorer):
         self.method = styled(W.Dropdown(options=st.methods, value=check_method(method, st.methods), description="method"), "tl-method")
         self.ratio = styled(W.SelectionSlider(options=[(_pct(r), r) for r in st.ratios], value=self._on_slider(ratio),
                                               description="kept", continuous_update=False), "tl-ratio")
-        self._quiet = False
         for w in (self.scene, self.method, self.ratio): self.on_change(w, self.refresh)
         self.guarded(self.refresh)
 
@@ -383,20 +399,9 @@ class PruningViewer(Explorer):
     @property
     def current(self) -> tuple: return (self.scene.value, self.method.value, self.ratio.value)
 
-    def refresh(self, note: str = "") -> None:
-        if self._quiet: return
-        t0 = time.perf_counter()
+    def label(self) -> str:
         s, m, r = self.current
-        new = not self.state.cached(s, m, r)
-        if new: self.set_status(f"computing scene {s} · {m} · {_pct(r)} …")
-        try: self.view.value = self.state.html(s, m, r)
-        except TokenlabError:
-            self.view.value = ""
-            self.set_status(f"scene {s} · {m} · {_pct(r)}: refused (see the message)")
-            raise
-        ms = (time.perf_counter() - t0) * 1000
-        self.set_status(f"scene {s} · {m} · {_pct(r)} · {'computed' if new else 'cached'} in {ms:.0f} ms · "
-                        f"{len(self.state.results)} results cached{note}")
+        return f"scene {s} · {m} · {_pct(r)}"
 
     def select(self, scene=None, method=None, ratio=None) -> bool:
         "Move several controls at once (one update); bad input shows a message and returns False."
@@ -408,13 +413,6 @@ class PruningViewer(Explorer):
             try: self.scene.value, self.method.value, self.ratio.value = s, m, r
             finally: self._quiet = False
             self.refresh()
-        return self.guarded(go)
-
-    def precompute(self, methods=None, ratios=None, scenes=None, progress: bool = True) -> bool:
-        "`state.precompute(...)` guarded (bad input: a message, False); then the current view is refreshed."
-        def go():
-            out = self.state.precompute(methods, ratios, scenes, progress)
-            self.refresh(f" · precomputed {out['computed']} new of {out['combinations']} ({out['failed']} refused)")
         return self.guarded(go)
 
     # control_latency's interface: the controls, and the state key a control value leads to

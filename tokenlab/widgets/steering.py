@@ -4,12 +4,13 @@
 
 # %% ../../nbs/widgets/04_steering.ipynb #e7dc122b
 from __future__ import annotations
-import numbers, time
+import time
 from dataclasses import dataclass, field
 import ipywidgets as W
 from ..lab.core import TokenlabError
-from .base import Explorer, styled, esc, png_bytes, img_tag
-from .pruning import LabState, mark_caption, caption_details, objects_html, control_latency
+from ..lab.params import check_number
+from .base import styled, esc, png_bytes, img_tag
+from .pruning import LabState, LabExplorer, mark_caption, caption_details, objects_html, control_latency
 
 # %% auto #0
 __all__ = ['KNOBS', 'PARAM_LABEL', 'Knob', 'check_strength', 'chair_counts', 'counts_html', 'SteerResult', 'SteeringState',
@@ -36,9 +37,7 @@ PARAM_LABEL = {"lam": "lambda"}
 
 def check_strength(x) -> float:
     "A finite real strength as a float; one line otherwise."
-    if isinstance(x, bool) or not isinstance(x, numbers.Real) or x != x or x in (float("inf"), float("-inf")):
-        raise TokenlabError(f"strength must be a finite number, got {x!r}")
-    return float(x)
+    return check_number("strength", x)
 
 # %% ../../nbs/widgets/04_steering.ipynb #fa12c9e8
 def chair_counts(d: dict) -> dict:
@@ -171,7 +170,7 @@ class SteeringState(LabState):
                 f'<div style="margin-top:8px">{counts_html(cols)}</div></div></div>')
 
 # %% ../../nbs/widgets/04_steering.ipynb #d8e82827
-class SteeringPlayground(Explorer):
+class SteeringPlayground(LabExplorer):
     "ipywidgets over a `SteeringState`: scene, method and strength; the steered caption marked against the truth."
     kind = "steering-playground"
 
@@ -180,7 +179,6 @@ class SteeringPlayground(Explorer):
         self.state = st = state if state is not None else SteeringState(**state_kw)
         method = method or ("vcd" if "vcd" in st.methods else st.methods[0])
         st._knob(method)
-        self._quiet = False
         self.scene = styled(W.IntSlider(value=st.check_scene(scene), min=0, max=st.n_scenes - 1, description="scene", continuous_update=False), "tl-scene")
         self.method = styled(W.Dropdown(options=st.methods, value=method, description="method"), "tl-method")
         self.strength = styled(W.SelectionSlider(options=[0.0], value=0.0, description="strength", continuous_update=False), "tl-strength")
@@ -216,20 +214,9 @@ class SteeringPlayground(Explorer):
     @property
     def current(self) -> tuple: return (self.scene.value, self.method.value, self.strength.value)
 
-    def refresh(self, note: str = "") -> None:
-        if self._quiet: return
-        t0 = time.perf_counter()
+    def label(self) -> str:
         s, m, x = self.current
-        label = f"scene {s} · {m}" + ("" if m == "none" else f" {x:g}" + (" (off: unsteered)" if x == 0 else ""))
-        new = not self.state.cached(s, m, x)
-        if new: self.set_status(f"computing {label} …")
-        try: self.view.value = self.state.html(s, m, x)
-        except TokenlabError:
-            self.view.value = ""
-            self.set_status(f"{label}: refused (see the message)")
-            raise
-        ms = (time.perf_counter() - t0) * 1000
-        self.set_status(f"{label} · {'computed' if new else 'cached'} in {ms:.0f} ms · {len(self.state.results)} results cached{note}")
+        return f"scene {s} · {m}" + ("" if m == "none" else f" {x:g}" + (" (off: unsteered)" if x == 0 else ""))
 
     def select(self, scene=None, method=None, strength=None) -> bool:
         "Move several controls at once (one update); bad input shows a message and returns False."
@@ -244,13 +231,6 @@ class SteeringPlayground(Explorer):
             finally: self._quiet = False
             self._set_strengths(m, x)
             self.refresh()
-        return self.guarded(go)
-
-    def precompute(self, methods=None, strengths=None, scenes=None, progress: bool = True) -> bool:
-        "`state.precompute(...)` guarded (bad input: a message, False); then the current view is refreshed."
-        def go():
-            out = self.state.precompute(methods, strengths, scenes, progress)
-            self.refresh(f" · precomputed {out['computed']} new of {out['combinations']} ({out['failed']} refused)")
         return self.guarded(go)
 
     # control_latency's interface
