@@ -9,9 +9,9 @@ from pathlib import Path
 from .core import TokenlabError, atomic_write_text, data_dir, repo_root
 
 # %% auto #0
-__all__ = ['VOLATILE_TAG', 'WIDGET_VIEW', 'MAX_NOTEBOOK_MB', 'THREAD_ENV', 'stable_paths', 'scrub_text', 'is_progress_bar',
-           'scrub_outputs', 'volatile_note', 'library_note', 'scrub_notebook', 'max_notebook_bytes', 'notebook_json',
-           'write_scrubbed', 'library_notebooks', 'execute_notebook', 'execute_notebooks']
+__all__ = ['VOLATILE_TAG', 'WIDGET_VIEW', 'MAX_NOTEBOOK_MB', 'stable_paths', 'scrub_text', 'is_progress_bar', 'scrub_outputs',
+           'volatile_note', 'library_note', 'scrub_notebook', 'max_notebook_bytes', 'notebook_json', 'write_scrubbed',
+           'library_notebooks', 'execute_notebook', 'execute_notebooks']
 
 # %% ../../nbs/lab/08_notebooks.ipynb #9efbe44b
 VOLATILE_TAG = "volatile"                                   # cell tag: outputs depend on the machine (timings)
@@ -250,16 +250,15 @@ def _nbdev_text(nb: dict, s: dict) -> str:
     return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 # %% ../../nbs/lab/08_notebooks.ipynb #d12b64af
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
-
 def execute_notebook(path: Path, timeout: float = 900, check: bool = False, root: Path | None = None) -> dict:
     """Execute library notebook `path` like nbdev_test, scrub and clean it, write it if it changed (not with `check`).
     Returns `{path, status ('unchanged', 'updated', 'differs' or 'failed'), error, seconds}`."""
+    from tokenlab.lab.runner import thread_env       # one thread for every math library (the runner imports this module)
     root, path, t0 = Path(root or repo_root()).resolve(), Path(path).resolve(), time.perf_counter()
     s = _nbdev_settings(root)
     with tempfile.TemporaryDirectory(prefix="tokenlab-nb-") as tmp:
         work = Path(tmp) / "t"; work.mkdir()
-        env = {**os.environ, **{v: "1" for v in THREAD_ENV}, "PYTHONHASHSEED": "0", "TMPDIR": str(work),
+        env = {**os.environ, **thread_env(1, pinned=True), "PYTHONHASHSEED": "0", "TMPDIR": str(work),
                "TOKENLAB_FIGURES": str(work / "figures"), "TOKENLAB_RUNS": str(work / "runs"), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]), "MPLBACKEND": "agg"}
         out = Path(tmp) / "out.json"
