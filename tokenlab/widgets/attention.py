@@ -6,7 +6,6 @@
 from __future__ import annotations
 import math
 from collections import OrderedDict
-import numpy as np
 import torch
 import ipywidgets as W
 from ..lab.core import TokenlabError
@@ -68,7 +67,7 @@ class AttentionRecord:
         if not text.strip(): raise TokenlabError("empty text: type or paste something")
         ad = Adapter(model)
         enc = tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt")
-        ids = enc["input_ids"][:, :]
+        ids = enc["input_ids"]
         n = ids.shape[1]
         if n == 0: raise TokenlabError("the text gives no tokens")
         ctx = ad.max_positions

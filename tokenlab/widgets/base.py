@@ -4,7 +4,7 @@
 
 # %% ../../nbs/widgets/00_base.ipynb #7113a548
 from __future__ import annotations
-import base64, html, io, time, traceback
+import base64, html, io, time
 from typing import Callable
 import numpy as np
 import ipywidgets as W

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/widgets/01_tokens.ipynb #175e4703
 from __future__ import annotations
-import functools, re
+import functools
 from pathlib import Path
 import ipywidgets as W
 from ..lab.core import TokenlabError, repo_root
@@ -136,12 +136,12 @@ class TokenState:
             ps = pieces(tok, text)
             missing = getattr(tok, "missing_bytes", frozenset())
             row = {"tokenizer": n, "tokens": len(ps), "chars_per_token": len(text) / max(len(ps), 1), "pieces": ps,
-                   "premium": None, "english": None, "dropped_bytes": sum(b in missing for b in text.encode("utf-8"))}
+                   "premium": None, "english": None, "dropped_bytes": sum(b in missing for b in text.encode("utf-8")),
+                   "parallel": par}
             if par is not None:
                 e = len(tok.encode(par[3]))
                 row["english"], row["premium"] = e, len(ps) / max(e, 1)
             rows.append(row)
-        self.parallel = par
         return rows
 
     def marks(self, name: str) -> dict[int, str]:
@@ -170,7 +170,7 @@ class TokenState:
         return f'<div class="tl-row" data-tokenizer="{esc(row["tokenizer"])}" style="margin-bottom:8px">{head}<div style="line-height:1.9">{"".join(spans)}</div></div>'
 
     def render(self, rows: list[dict], show_ids: bool = False) -> str:
-        par = self.parallel
+        par = rows[0]["parallel"] if rows else None
         note = ""
         if par is not None:
             what = "the whole declaration" if par[2] is None else f"article {par[2]}"
