@@ -24,7 +24,9 @@ _SCRATCH: dict = {}      # device -> flat fp32 buffer for the scores and probabi
 
 def _scratch(n: int, dev) -> torch.Tensor:
     buf = _SCRATCH.get(dev)
-    if buf is None or buf.numel() < n: buf = _SCRATCH[dev] = torch.empty(n, device=dev)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):   # a normal tensor: an inference tensor could not be written outside inference mode
+            buf = _SCRATCH[dev] = torch.empty(n, device=dev)
     return buf[:n]
 
 def _allowed_keys_range(mask: torch.Tensor) -> tuple[int, int]:
