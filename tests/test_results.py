@@ -57,7 +57,7 @@ def test_claims_verdicts():
     assert results.claim("b", "s", 0.5, ">1", np.bool_(False), "P")["verdict"] == "not reproduced"
     assert results.claim("c", "s", np.float64(2.5), ">1", "direction only", "P")["measured"] == 2.5
     with pytest.raises(TokenlabError, match="^unknown verdict 'yes'; valid verdicts: direction only, holds, "
-                                            "inconclusive, not reproduced, reversed$"):
+                                            "inconclusive, not reproduced, not tested, reversed$"):
         results.claim("d", "s", 1, 1, "yes", "P")
 
 
@@ -76,7 +76,7 @@ def test_manifest_entries_replaced_and_report():
     assert set(e["packages"]) == set(results.PACKAGES) and e["device"]["device"]
     assert set(e["git"]) == {"commit", "dirty"} and e["seconds"] >= 0 and e["notebook"] == "nb1"
     rep = results.report_path().read_text()
-    assert "| Paper 2024 | claim \\| with pipe | > 1 | 2.0 | **reversed** |" in rep
+    assert "| Paper 2024 | claim \\| with pipe | > 1 | 2.0 | - | **reversed** |" in rep
     assert "![A figure.](f1.png)" in rep and "[CSV](t1.csv)" in rep and "[SVG](f1.svg)" in rep
     assert rep == results.render_report(man)
 

@@ -18,7 +18,7 @@ __all__ = ['VERDICTS', 'PACKAGES', 'RESERVED', 'RUN_KEYS', 'FAILED_HEAD', 'seed_
            'commit_run', 'record_failure', 'savefig', 'save_table', 'claim']
 
 # %% ../../nbs/lab/04_results.ipynb #33beea0b
-VERDICTS = ("holds", "direction only", "not reproduced", "reversed", "inconclusive")   # inconclusive: the run could not decide (e.g. nothing was learned)
+VERDICTS = ("holds", "direction only", "not reproduced", "reversed", "inconclusive", "not tested")   # not tested: the model did not learn the task (calibration gate); inconclusive: the run could not decide (e.g. nothing was learned)
 PACKAGES = ("tokenlab", "torch", "transformers", "tokenizers", "tiktoken", "numpy", "pandas", "matplotlib")
 RESERVED = ("MANIFEST", "REPORT", "FAILED_RUNS")   # the folder's own files: no output id may take these names
 _T_IMPORT = time.perf_counter()
@@ -179,6 +179,16 @@ def md_cell(x) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 # %% ../../nbs/lab/04_results.ipynb #9661ce95
+def _judged_in(c: dict, outputs: dict) -> str:
+    "The 'judged in' cell of a claim: its setting and a link to its sensitivity figure (`-` when it names neither)."
+    parts = [md_cell(c["setting"])] if c.get("setting") else []
+    sid = c.get("sensitivity")
+    if sid:
+        fig = outputs.get(sid)
+        parts.append(f"[sensitivity]({fig['files'][0]['path']})" if fig and fig.get("kind") == "figure" and fig.get("files")
+                     else f"sensitivity `{md_cell(sid)}` (not in this manifest)")
+    return " · ".join(parts) or "-"
+
 def render_report(man: dict) -> str:
     """REPORT.md text from a manifest: claims table, then figures and tables with captions, then the executed notebooks
     (relative links)."""
@@ -196,9 +206,10 @@ def render_report(man: dict) -> str:
     claims = [o for o in outs if o["kind"] == "claim"]
     lines += ["## Claims", ""]
     if claims:
-        lines += ["| paper / source | claim | expected | our measurement | verdict |", "|---|---|---|---|---|"]
+        lines += ["| paper / source | claim | expected | our measurement | judged in | verdict |", "|---|---|---|---|---|---|"]
         lines += [f"| {md_cell(c['source'])} | {md_cell(c['statement'])} | {md_cell(c['expected'])} | "
-                  f"{'n/a' if c['measured'] is None else md_cell(c['measured'])} | **{c['verdict']}** |" for c in claims]
+                  f"{'n/a' if c['measured'] is None else md_cell(c['measured'])} | {_judged_in(c, man['outputs'])} | "
+                  f"**{c['verdict']}** |" for c in claims]
     else: lines.append("No claims recorded yet.")
     for kind, title in (("figure", "Figures"), ("table", "Tables")):
         items = [o for o in outs if o["kind"] == kind]
@@ -393,10 +404,15 @@ def save_table(df, id: str, caption: str, floatfmt: str = ".4g") -> Path:
     return csv
 
 # %% ../../nbs/lab/04_results.ipynb #be7c7feb
-def claim(id: str, statement: str, measured, expected, holds, source: str) -> dict:
-    "Record a claim and its verdict (`holds` is a bool or one of `VERDICTS`); returns the manifest entry."
+def claim(id: str, statement: str, measured, expected, holds, source: str, setting: str | None = None,
+          sensitivity: str | None = None) -> dict:
+    """Record a claim and its verdict (`holds` is a bool or one of `VERDICTS`); returns the manifest entry.
+    `setting`: the setting the verdict was judged in (REPORT's "judged in" column); `sensitivity`: the id of the figure of
+    its sensitivity study (linked from that column)."""
     if isinstance(holds, bool) or type(holds).__name__ in ("bool", "bool_"): verdict = "holds" if holds else "not reproduced"
     else: verdict = check_choice("verdict", holds, VERDICTS)
     measured = measured if isinstance(measured, (int, float, str)) else _jsonable(measured)
     return _Shown(_register(_check_kind(id, "claim"), "claim", [], statement=statement, measured=measured, expected=str(expected),
-                            verdict=verdict, source=source))
+                            verdict=verdict, source=source,
+                            **({"setting": str(setting)} if setting else {}),
+                            **({"sensitivity": _check_id(sensitivity)} if sensitivity else {})))
