@@ -11,7 +11,7 @@ from ..lab.core import TokenlabError
 from ..models.trainer import sequence_nll
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'token_classes', 'deletion_nll']
+__all__ = ['STOPWORDS', 'token_classes', 'deletion_nll', 'context_deletions', 'deletion_nll_batch']
 
 # %% ../../nbs/attention/04_deletion.ipynb #0ed35009
 STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being below
@@ -48,3 +48,57 @@ def deletion_nll(model, ids, keep, targets) -> torch.Tensor:
     if (pos[targets] < 1).any(): raise TokenlabError("the first kept token cannot be a target (nothing predicts it)")
     nll = sequence_nll(model, ids[keep][None])[0]               # (T'-1,): token t' predicted from the first t' ids
     return nll[pos[targets] - 1]
+
+# %% ../../nbs/attention/04_deletion.ipynb #e285e272
+def context_deletions(classes, fractions, rng, suffix: float = 0.25, kinds=("punct", "stop")):
+    """Deletion sets of the context-memory test for one window with token classes `classes` `(T,)`.
+    Returns `(targets, drops)`: targets `(T,)` bool (the content tokens of the last `suffix` share of the window) and
+    drops `{(kind, f): idx, ("random", kind, f): idx}` (positions in the context, never position 0); None when the
+    window has no target or no context occurrence of a kind."""
+    classes = np.asarray(classes); T = len(classes)
+    if not 0 < suffix < 1: raise TokenlabError(f"suffix must be in (0, 1), got {suffix}")
+    if any(not 0 < f <= 1 for f in fractions): raise TokenlabError(f"fractions must be in (0, 1], got {list(fractions)}")
+    cut = T - max(1, int(round(suffix * T)))                       # context = 1 .. cut-1, continuation = cut .. T-1
+    if cut < 2: raise TokenlabError(f"a window of {T} tokens leaves no context before a {suffix:.0%} continuation")
+    targets = np.zeros(T, bool); targets[cut:] = classes[cut:] == "content"
+    ctx = np.arange(1, cut)
+    order = {k: rng.permutation(ctx[classes[ctx] == k]) for k in kinds}
+    if not targets.any() or any(len(o) == 0 for o in order.values()): return None
+    rand = rng.permutation(ctx)
+    drops = {}
+    for k in kinds:
+        for f in fractions:
+            n = max(1, int(round(f * len(order[k]))))
+            drops[(k, f)], drops[("random", k, f)] = np.sort(order[k][:n]), np.sort(rand[:n])
+    return targets, drops
+
+# %% ../../nbs/attention/04_deletion.ipynb #77f9c77e
+@torch.no_grad()
+def deletion_nll_batch(model, items, batch_size: int = 16) -> list[torch.Tensor]:
+    "`deletion_nll` of each `(ids, keep, targets)` in `items`, in right-padded batches; a list of `(n_targets,)` NLLs."
+    if batch_size < 1: raise TokenlabError(f"batch_size must be >= 1, got {batch_size}")
+    seqs, where, tids = [], [], []
+    for ids, keep, targets in items:
+        ids = torch.as_tensor(ids).long().flatten()
+        keep = torch.as_tensor(keep, dtype=torch.bool).flatten(); targets = torch.as_tensor(targets, dtype=torch.bool).flatten()
+        if not (len(ids) == len(keep) == len(targets)): raise TokenlabError(f"ids, keep and targets differ in length: {len(ids)}, {len(keep)}, {len(targets)}")
+        if not targets.any(): raise TokenlabError("no target tokens")
+        if (targets & ~keep).any(): raise TokenlabError("a target token is deleted: targets must be kept")
+        pos = torch.cumsum(keep.long(), 0) - 1
+        if (pos[targets] < 1).any(): raise TokenlabError("the first kept token cannot be a target (nothing predicts it)")
+        seqs.append(ids[keep]); where.append(pos[targets] - 1); tids.append(ids[targets])
+    dec, head = model.get_decoder(), model.get_output_embeddings()
+    dev = next(model.parameters()).device
+    was_training = model.training; model.eval()
+    out = [None] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        x = torch.zeros(len(idx), max(len(seqs[i]) for i in idx), dtype=torch.long)
+        for r, i in enumerate(idx): x[r, :len(seqs[i])] = seqs[i]
+        h = dec(input_ids=x.to(dev)).last_hidden_state
+        for r, i in enumerate(idx):
+            logits = head(h[r, where[i].to(dev)]).float()
+            out[i] = torch.nn.functional.cross_entropy(logits, tids[i].to(dev), reduction="none").cpu()
+    model.train(was_training)
+    return out
