@@ -18,8 +18,8 @@ from .notebooks import stable_paths, write_scrubbed
 __all__ = ['STANDARD_PROFILES', 'KERNEL_START_TIMEOUT_S', 'THREAD_VARS', 'experiments_dir', 'runs_dir', 'list_notebooks',
            'load_profiles', 'profile_names', 'parse_assignment', 'parse_sweeps', 'notebook_parameters', 'ParamSpec',
            'param_specs', 'coerce', 'Job', 'job_dest', 'resolve_params', 'plan', 'thread_env', 'job_threads',
-           'library_sha', 'run_record', 'job_key', 'resume_check', 'execute', 'wall_line', 'summary_markdown', 'run',
-           'describe']
+           'library_sha', 'run_record', 'job_key', 'resume_check', 'execute', 'wall_line', 'summary_markdown',
+           'previous_seconds', 'longest_first', 'run', 'describe']
 
 # %% ../../nbs/lab/05_runner.ipynb #88751eb2
 STANDARD_PROFILES = ("smoke", "cpu", "gpu")
@@ -633,6 +633,18 @@ def _prepare_dest(d: Path) -> None:
         try: os.kill(int((s / ".owner").read_text()), 0); continue
         except (OSError, ValueError): shutil.rmtree(s, ignore_errors=True)
 
+# %% ../../nbs/lab/05_runner.ipynb #5fe43db5
+def previous_seconds(job: Job) -> float | None:
+    "Seconds `job`'s notebook took in its destination's last recorded run, or None."
+    try: s = read_manifest(job_dest(job) / "MANIFEST.json").get("runs", {}).get(job.stem, {}).get("seconds")
+    except TokenlabError: return None
+    return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else None
+
+def longest_first(pending: list[Job], seconds=previous_seconds) -> list[Job]:
+    "`pending` ordered by `seconds(job)`, longest first; unknown durations first; ties keep their order."
+    key = {id(j): seconds(j) for j in pending}
+    return sorted(pending, key=lambda j: -math.inf if key[id(j)] is None else -key[id(j)])
+
 # %% ../../nbs/lab/05_runner.ipynb #c530d118
 def run(notebooks: list[str] | None = None, profile: str = "smoke", overrides: dict | None = None,
         sweeps: list[dict] | None = None, jobs: int = 1, timeout: float | None = None, resume: bool = False,
@@ -667,7 +679,7 @@ def run(notebooks: list[str] | None = None, profile: str = "smoke", overrides: d
                 atomic_write_text(state_file, json.dumps(st, indent=1, sort_keys=True, default=str) + "\n")
             bar.set_postfix_str(f"{j.name}: {r['status']}"); bar.update()
 
-        if pending: _batch(pending, out, jobs, timeout, exp_dir, lib, stop, on_done)
+        if pending: _batch(longest_first(pending) if jobs > 1 else pending, out, jobs, timeout, exp_dir, lib, stop, on_done)
         bar.close()
         for j in todo:
             if j.name not in results:           # a signal before the batch started

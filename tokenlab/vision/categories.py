@@ -221,7 +221,7 @@ def _is_word(t: str) -> bool:
 def _number(t: str) -> int | None:
     "Value of a number word or a digit string, else None."
     if t in _NUMBER: return _NUMBER[t]
-    if t.isdigit(): return int(t)
+    if t.isdecimal(): return int(t)     # not isdigit(): superscripts such as '¹' are digits that int() refuses
     return None
 
 # %% ../../nbs/vision/00_categories.ipynb #4e431c23
