@@ -15,16 +15,23 @@ SCHEMES = ("digits", "l2r3", "r2l3")
 BASE = dict(operand_digits=[2, 4], d_model=64, n_layers=2, n_heads=4, batch_size=64, steps=400, lr=1e-2,
             warmup=20, decay="cosine", curriculum=0.0, weight_decay=0.0)
 # name -> overrides of BASE (the previous cpu profile first: the setting that learned nothing)
+_C = dict(lr=3e-3, curriculum=0.3)     # the common recipe of the search: AdamW 3e-3, warm-up 5 %, cosine, shorter operands first
 SETTINGS = {
-    "previous_cpu": dict(),
-    "d64x2_b64_2k_lr3e-3": dict(steps=2000, lr=3e-3, warmup=100),
-    "d64x2_b64_2k_lr3e-3_cur": dict(steps=2000, lr=3e-3, warmup=100, curriculum=0.3),
-    "d128x2_b64_1k_lr3e-3_cur": dict(d_model=128, steps=1000, lr=3e-3, warmup=50, curriculum=0.3),
-    "d64x3_b64_2k_lr3e-3_cur": dict(n_layers=3, steps=2000, lr=3e-3, warmup=100, curriculum=0.3),
-    "d64x2_b64_4k_lr3e-3_cur": dict(steps=4000, lr=3e-3, warmup=200, curriculum=0.3),
-    "d128x2_b64_2k_lr3e-3_cur": dict(d_model=128, steps=2000, lr=3e-3, warmup=100, curriculum=0.3),
-    "d64x2_b128_3k_lr3e-3_lin_cur": dict(batch_size=128, steps=3000, lr=3e-3, warmup=150, decay="linear", curriculum=0.3),
-    "d128x2_b64_4k_lr2e-3_cur": dict(d_model=128, steps=4000, lr=2e-3, warmup=200, curriculum=0.3),
+    "previous_cpu": dict(),                                                # the setting that learned nothing (400 steps)
+    "d64x2_b64_2k": dict(steps=2000, lr=3e-3, warmup=100),
+    "d64x2_b64_2k_cur": dict(steps=2000, warmup=100, **_C),
+    "d64x2_b64_2k_cur_lr1e-3": dict(steps=2000, warmup=100, **{**_C, "lr": 1e-3}),
+    "d32x2_b64_4k_cur": dict(d_model=32, steps=4000, warmup=200, **_C),
+    "d64x2_b64_4k_cur": dict(steps=4000, warmup=200, **_C),
+    "d64x2_b128_4k_cur_linear": dict(batch_size=128, steps=4000, warmup=200, decay="linear", **_C),
+    "d64x3_b64_3k_cur": dict(n_layers=3, steps=3000, warmup=150, **_C),
+    "d128x2_b64_1k_cur": dict(d_model=128, steps=1000, warmup=50, **_C),
+    "d128x2_b64_2k_cur_lr2e-3": dict(d_model=128, steps=2000, warmup=100, **{**_C, "lr": 2e-3}),
+    "d128x2_b64_4k_cur_lr1e-3": dict(d_model=128, steps=4000, warmup=200, **{**_C, "lr": 1e-3}),
+    "d128x3_b64_3k_cur_lr1e-3": dict(d_model=128, n_layers=3, steps=3000, warmup=150, **{**_C, "lr": 1e-3}),
+    "d128x2_b64_6k_cur_lr1e-3": dict(d_model=128, steps=6000, warmup=300, **{**_C, "lr": 1e-3}),
+    "ops2-3_d64x2_b64_2k_cur": dict(operand_digits=[2, 3], steps=2000, warmup=100, **_C),
+    "ops2-3_d64x2_b64_4k_cur": dict(operand_digits=[2, 3], steps=4000, warmup=200, **_C),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "arith_setting.json"
 
@@ -48,17 +55,21 @@ def train_one(setting: dict, scheme: str, seed: int = SEED, n_eval: int = N_EVAL
             "seconds": time.process_time() - t0}
 
 
+def _row(name: str, per: dict) -> dict:
+    s = {**BASE, **SETTINGS[name]}
+    mean = sum(p["exact_match"] for p in per.values()) / len(per)
+    return {"name": name, "settings": s, "exact_match": {k: per[k]["exact_match"] for k in SCHEMES},
+            "digit_accuracy": {k: per[k]["digit_accuracy"] for k in SCHEMES},
+            "final_loss": {k: per[k]["final_loss"] for k in SCHEMES}, "curves": {k: per[k]["curve"] for k in SCHEMES},
+            "mean_exact_match": mean, "qualifies": mean >= QUALIFY, "seconds": sum(p["seconds"] for p in per.values()),
+            "seconds_per_model": {k: per[k]["seconds"] for k in SCHEMES}}
+
+
 def try_setting(name: str) -> dict:
     "One row: the setting, per-tokenization exact match, mean, qualifies, CPU seconds."
-    s = {**BASE, **SETTINGS[name]}
-    per = {sch: train_one(SETTINGS[name], sch) for sch in SCHEMES}
-    mean = sum(p["exact_match"] for p in per.values()) / len(per)
-    row = {"name": name, "settings": s, "exact_match": {k: v["exact_match"] for k, v in per.items()},
-           "digit_accuracy": {k: v["digit_accuracy"] for k, v in per.items()},
-           "final_loss": {k: v["final_loss"] for k, v in per.items()}, "curves": {k: v["curve"] for k, v in per.items()},
-           "mean_exact_match": mean, "qualifies": mean >= QUALIFY, "seconds": sum(p["seconds"] for p in per.values())}
+    row = _row(name, {sch: train_one(SETTINGS[name], sch) for sch in SCHEMES})
     print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["exact_match"].items())
-          + f"; mean {mean:.3f} ({'qualifies' if row['qualifies'] else 'no'}), {row['seconds']:.0f} s", flush=True)
+          + f"; mean {row['mean_exact_match']:.3f} ({'qualifies' if row['qualifies'] else 'no'}), {row['seconds']:.0f} s", flush=True)
     return row
 
 
@@ -77,10 +88,40 @@ def run(names: list[str] | None = None, rows: list[dict] | None = None) -> dict:
     return {"ours": _summary(rows), "peers": {}, "rows": rows}
 
 
-if __name__ == "__main__":   # python -m bench.arith_setting [NAME ...]: try some settings, merged into the JSON of earlier ones
+def _job(args):
+    name, scheme = args
+    return name, scheme, train_one(SETTINGS[name], scheme)
+
+
+def run_parallel(names: list[str], jobs: int, out: Path) -> list[dict]:
+    "Every (setting, tokenization) of `names` in `jobs` one-thread processes (longest first); rows written to `out` as they finish."
+    import multiprocessing as mp
+    from tokenlab.lab.core import atomic_write_text
+    cost = lambda n: (lambda s: s["steps"] * s["batch_size"] * s["d_model"] ** 2 * s["n_layers"])({**BASE, **SETTINGS[n]})
+    todo = [(n, sch) for n in sorted(names, key=cost, reverse=True) for sch in SCHEMES]
+    per: dict = {}
+    rows = []
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        for name, scheme, r in pool.imap_unordered(_job, todo):
+            per.setdefault(name, {})[scheme] = r
+            print(f"{name} {scheme}: exact match {r['exact_match']:.3f}, {r['seconds']:.0f} s", flush=True)
+            if len(per[name]) == len(SCHEMES):
+                rows.append(_row(name, per[name]))
+                atomic_write_text(out, json.dumps({"rows": rows}, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":   # python -m bench.arith_setting [--jobs N --out PATH] [NAME ...]: try settings, merged into the JSON
+    import argparse, os
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ap = argparse.ArgumentParser(); ap.add_argument("names", nargs="*"); ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    if a.jobs > 1:
+        run_parallel(a.names or list(SETTINGS), a.jobs, a.out or RESULTS.with_suffix(".rows.json")); sys.exit(0)
     from bench.run import machine
     from tokenlab.lab.core import atomic_write_text
-    new = run(sys.argv[1:] or None)["rows"]
+    new = run(a.names or None)["rows"]
     old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []   # re-read: another search may have written
     res = run([], old + new)
     RESULTS.parent.mkdir(exist_ok=True)

@@ -14,7 +14,7 @@ from ..lab.core import TokenlabError, check_choice
 # %% auto #0
 __all__ = ['SCHEMES', 'SPECIALS', 'PAD', 'BOS', 'EOS', 'PLUS', 'EQ', 'VOCAB', 'TOKEN_ID', 'EVAL_OFFSET', 'chunk', 'encode_number',
            'decode_ids', 'prompt_ids', 'answer_ids', 'AdditionTask', 'OracleLM', 'greedy_decode', 'read_answer',
-           'predictions', 'accuracy', 'error_positions']
+           'predictions', 'accuracy', 'heldout_loss', 'answer_entropy', 'error_positions']
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #08c66c6a
 SCHEMES = ("digits", "l2r3", "r2l3")
@@ -133,9 +133,12 @@ class AdditionTask:
         hi, self.calls = self.stage_digits(self.calls), self.calls + 1
         return self.batch(self.sample(g, self.batch_size, hi=hi))
 
-    def eval_fn(self, batch_size: int = 512) -> Callable:
-        "`model -> {'accuracy': exact match, 'digit_accuracy': ...}` on the held-out pairs, for `train_lm(eval_fn=...)`."
-        return lambda model: dict(zip(("accuracy", "digit_accuracy"), accuracy(model, self, batch_size=batch_size, digits=True)))
+    def eval_fn(self, batch_size: int = 512, loss: bool = False) -> Callable:
+        "`model -> {'accuracy': exact match, 'digit_accuracy': ...}` on the held-out pairs, for `train_lm(eval_fn=...)`; `loss`: also `heldout_loss`."
+        def f(model):
+            out = dict(zip(("accuracy", "digit_accuracy"), accuracy(model, self, batch_size=batch_size, digits=True)))
+            return out | ({"heldout_loss": heldout_loss(model, self, batch_size=batch_size)} if loss else {})
+        return f
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #0dbff6eb
 class OracleLM(torch.nn.Module):
@@ -220,6 +223,31 @@ def accuracy(model, task: AdditionTask, pairs=None, batch_size: int = 512, digit
     "Exact-match accuracy of greedy answers (default: on the held-out pairs); `digits=True`: also the digit accuracy."
     pr = predictions(model, task, pairs, batch_size)
     return (float(pr.correct.mean()), float(pr.digits_right.mean())) if digits else float(pr.correct.mean())
+
+# %% ../../nbs/tokenizers/10_numbers.ipynb #3b9d5e21
+@torch.no_grad()
+def heldout_loss(model, task: AdditionTask, pairs=None, batch_size: int = 512) -> float:
+    "Mean teacher-forced loss per answer token (answer chunks and `<eos>`, nats) on the held-out pairs (default)."
+    pairs = task.eval_pairs if pairs is None else list(pairs)
+    dev = next(iter(model.parameters())).device
+    was_training = model.training; model.eval()
+    total, n = 0.0, 0
+    for s in range(0, len(pairs), batch_size):
+        ids, labels = task.batch(pairs[s:s + batch_size])
+        logits = model(input_ids=ids.to(dev)).logits[:, :-1].float()
+        y = labels[:, 1:].to(dev)
+        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="sum"))
+        n += int((y != -100).sum())
+    model.train(was_training)
+    return total / n
+
+def answer_entropy(task: AdditionTask, n: int = 20000, seed: int = 0) -> float:
+    "Unigram entropy (nats) of the answer tokens (chunks and `<eos>`) over `n` training-distribution additions: the loss of a model that learned only their frequencies."
+    counts: dict[int, int] = {}
+    for a, b in task.sample(torch.Generator().manual_seed(seed), n):
+        for t in answer_ids(a, b, task.scheme): counts[t] = counts.get(t, 0) + 1
+    p = torch.tensor(list(counts.values()), dtype=torch.float64); p /= p.sum()
+    return float(-(p * p.log()).sum())
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #18f92679
 def error_positions(preds: pd.DataFrame, by: list[str] | tuple = ()) -> pd.DataFrame:
