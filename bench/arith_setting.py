@@ -83,7 +83,7 @@ def _summary(rows: list[dict]) -> dict:
 def run(names: list[str] | None = None, rows: list[dict] | None = None) -> dict:
     "Try `names` (default: all SETTINGS) and merge with earlier `rows`; the bench.run result."
     done = {r["name"]: r for r in (rows or [])}
-    for n in names or list(SETTINGS): done[n] = try_setting(n)
+    for n in (list(SETTINGS) if names is None else names): done[n] = try_setting(n)
     rows = [done[n] for n in SETTINGS if n in done]
     return {"ours": _summary(rows), "peers": {}, "rows": rows}
 
@@ -121,7 +121,7 @@ if __name__ == "__main__":   # python -m bench.arith_setting [--jobs N --out PAT
         run_parallel(a.names or list(SETTINGS), a.jobs, a.out or RESULTS.with_suffix(".rows.json")); sys.exit(0)
     from bench.run import machine
     from tokenlab.lab.core import atomic_write_text
-    new = run(a.names or None)["rows"]
+    new = run(a.names or None)["rows"]   # (an earlier version ran every setting here: names=[] was taken for 'all')
     old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []   # re-read: another search may have written
     res = run([], old + new)
     RESULTS.parent.mkdir(exist_ok=True)
