@@ -13,6 +13,7 @@ BENCHMARKS = {
     "steering_cost": "bench.steering_cost",
     "pruning_prefill": "bench.pruning_prefill",
     "widgets": "bench.widgets",
+    "arith_setting": "bench.arith_setting",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -66,10 +66,14 @@ def sequence_nll(model, ids, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 # %% ../../nbs/models/04_trainer.ipynb #52024b8e
-def _lr_lambda(steps: int, warmup: int) -> Callable[[int], float]:
+def _lr_lambda(steps: int, warmup: int, decay: str = "cosine", floor: float = 0.1) -> Callable[[int], float]:
+    "Multiplier of the base lr at step `s`: linear warm-up over `warmup` steps, then `decay` (cosine, linear or constant) to `floor`."
+    check_choice("lr decay", decay, ["cosine", "linear", "constant"])
     def f(s: int) -> float:
         if s < warmup: return (s + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup))))
+        t = min(1.0, (s - warmup) / max(1, steps - warmup))
+        if decay == "constant": return 1.0
+        return floor + (1 - floor) * (0.5 * (1 + math.cos(math.pi * t)) if decay == "cosine" else 1 - t)
     return f
 
 # %% ../../nbs/models/04_trainer.ipynb #a7a3eb7a
@@ -83,24 +87,33 @@ def _split(batch) -> tuple[torch.Tensor, torch.Tensor]:
     ids = _check_ids(ids)
     return ids, (ids if labels is None else torch.as_tensor(labels).long())
 
+def _lm_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    "Mean next-token loss over the labelled positions (`labels != -100`, shifted as HF does)."
+    if labels is ids or getattr(model.config, "model_type", None) != "llama":   # plain causal LMs: HF's own loss
+        return model(input_ids=ids, labels=labels).loss
+    # a Llama with labels on a few positions (e.g. the answer of a prompt): the output head only where a label is
+    keep = labels[:, 1:] != -100
+    h = model.get_decoder()(input_ids=ids).last_hidden_state[:, :-1][keep]
+    return torch.nn.functional.cross_entropy(model.get_output_embeddings()(h).float(), labels[:, 1:][keep])
+
 # %% ../../nbs/models/04_trainer.ipynb #b7af202e
 def train_lm(model, batch_fn: Callable, steps: int, lr: float = 3e-3, optimizer: str = "adamw",
              weight_decay: float = 0.0, warmup: int | None = None, seed: int = 0,
              eval_fn: Callable | None = None, eval_every: int | None = None, progress: bool = True,
-             desc: str = "train") -> pd.DataFrame:
+             desc: str = "train", decay: str = "cosine", lr_floor: float = 0.1) -> pd.DataFrame:
     "Train `model` in place on `batch_fn(generator)` batches; history of step, loss, lr (+ eval columns)."
     from tqdm.auto import tqdm
     if steps < 1: raise TokenlabError(f"steps must be >= 1, got {steps}")
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     opt = _optimizer(model, optimizer, lr, weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup if warmup is not None else max(1, steps // 20)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup if warmup is not None else max(1, steps // 20), decay, lr_floor))
     eval_every = eval_every or max(1, steps // 10)
     rows, bar = [], tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         model.train()
         ids, labels = _split(batch_fn(g))
-        loss = model(input_ids=ids.to(dev), labels=labels.to(dev)).loss
+        loss = _lm_loss(model, ids.to(dev), labels.to(dev))
         if not torch.isfinite(loss): raise TokenlabError(f"loss became {loss.item()} at step {step}; lower lr (now {lr})")
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

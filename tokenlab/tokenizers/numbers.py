@@ -14,7 +14,7 @@ from ..lab.core import TokenlabError, check_choice
 # %% auto #0
 __all__ = ['SCHEMES', 'SPECIALS', 'PAD', 'BOS', 'EOS', 'PLUS', 'EQ', 'VOCAB', 'TOKEN_ID', 'EVAL_OFFSET', 'chunk', 'encode_number',
            'decode_ids', 'prompt_ids', 'answer_ids', 'AdditionTask', 'OracleLM', 'greedy_decode', 'read_answer',
-           'predictions', 'accuracy', 'error_positions']
+           'predictions', 'accuracy', 'heldout_loss', 'answer_entropy', 'error_positions']
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #08c66c6a
 SCHEMES = ("digits", "l2r3", "r2l3")
@@ -62,12 +62,15 @@ def answer_ids(a: int, b: int, scheme: str) -> list[int]:
 # %% ../../nbs/tokenizers/10_numbers.ipynb #47d254b6
 @dataclass
 class AdditionTask:
-    "Additions `a + b` with operands of `operand_digits` digits, tokenized with `scheme`; `task(g)` is a `train_lm` batch."
+    """Additions `a + b` with operands of `operand_digits` digits, tokenized with `scheme`; `task(g)` is a `train_lm` batch.
+    `curriculum` > 0: the first `curriculum` batches grow the longest operand from `lo` to `hi` digits in equal stages
+    (shorter operands first; `task.calls` counts the batches drawn), later batches use the whole range."""
     scheme: str
     operand_digits: tuple[int, int] = (4, 6)
     batch_size: int = 64
     n_eval: int = 256
     seed: int = 0
+    curriculum: int = 0
     eval_pairs: list = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -75,6 +78,8 @@ class AdditionTask:
         lo, hi = self.operand_digits = tuple(int(x) for x in self.operand_digits)
         if not 1 <= lo <= hi <= 30: raise TokenlabError(f"operand_digits must be (lo, hi) with 1 <= lo <= hi <= 30, got {self.operand_digits}")
         if self.batch_size < 1 or self.n_eval < 1: raise TokenlabError("batch_size and n_eval must be >= 1")
+        if self.curriculum < 0: raise TokenlabError(f"curriculum must be >= 0 batches, got {self.curriculum}")
+        self.calls = 0
         n_pairs = sum(9 * 10 ** (d - 1) for d in range(lo, hi + 1)) ** 2
         if self.n_eval > n_pairs // 2: raise TokenlabError(f"n_eval={self.n_eval} is too large for {n_pairs} possible pairs; lower n_eval or widen operand_digits")
         self.eval_pairs, self._held = [], set()
@@ -84,8 +89,8 @@ class AdditionTask:
     @property
     def vocab_size(self) -> int: return len(VOCAB)
 
-    def _draw(self, g: torch.Generator, n: int) -> list[tuple[int, int]]:
-        lo, hi = self.operand_digits
+    def _draw(self, g: torch.Generator, n: int, hi: int | None = None) -> list[tuple[int, int]]:
+        lo, hi = self.operand_digits[0], hi or self.operand_digits[1]
         lens = torch.randint(lo, hi + 1, (n, 2), generator=g)
         lead = torch.randint(1, 10, (n, 2), generator=g)
         rest = torch.randint(0, 10, (n, 2, hi), generator=g)
@@ -99,11 +104,11 @@ class AdditionTask:
             out.append((ab[0], ab[1]))
         return out
 
-    def sample(self, g: torch.Generator, n: int, unique: bool = False) -> list[tuple[int, int]]:
-        "`n` operand pairs drawn with `g` (never one of the held-out pairs; all distinct if `unique`)."
+    def sample(self, g: torch.Generator, n: int, unique: bool = False, hi: int | None = None) -> list[tuple[int, int]]:
+        "`n` operand pairs drawn with `g` (never one of the held-out pairs; all distinct if `unique`; at most `hi` digits)."
         out, seen = [], set()
         while len(out) < n:
-            for p in self._draw(g, n - len(out)):
+            for p in self._draw(g, n - len(out), hi):
                 if p in self._held or (unique and p in seen): continue
                 seen.add(p); out.append(p)
         return out
@@ -119,12 +124,21 @@ class AdditionTask:
             labels[i, len(p):len(p) + len(q)] = torch.tensor(q)
         return ids, labels
 
-    def __call__(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.batch(self.sample(g, self.batch_size))
+    def stage_digits(self, k: int) -> int:
+        "The longest operand (digits) of batch `k` (0-based) under the curriculum."
+        lo, hi = self.operand_digits
+        return hi if k >= self.curriculum else lo + k * (hi - lo + 1) // self.curriculum
 
-    def eval_fn(self, batch_size: int = 512) -> Callable:
-        "`model -> {'accuracy': exact match, 'digit_accuracy': ...}` on the held-out pairs, for `train_lm(eval_fn=...)`."
-        return lambda model: dict(zip(("accuracy", "digit_accuracy"), accuracy(model, self, batch_size=batch_size, digits=True)))
+    def __call__(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        hi, self.calls = self.stage_digits(self.calls), self.calls + 1
+        return self.batch(self.sample(g, self.batch_size, hi=hi))
+
+    def eval_fn(self, batch_size: int = 512, loss: bool = False) -> Callable:
+        "`model -> {'accuracy': exact match, 'digit_accuracy': ...}` on the held-out pairs, for `train_lm(eval_fn=...)`; `loss`: also `heldout_loss`."
+        def f(model):
+            out = dict(zip(("accuracy", "digit_accuracy"), accuracy(model, self, batch_size=batch_size, digits=True)))
+            return out | ({"heldout_loss": heldout_loss(model, self, batch_size=batch_size)} if loss else {})
+        return f
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #0dbff6eb
 class OracleLM(torch.nn.Module):
@@ -163,7 +177,7 @@ def greedy_decode(model, prompts: list[list[int]], max_new: int, batch_size: int
             x = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=dev)
             done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
             for _ in range(max_new):
-                nxt = model(input_ids=x, use_cache=False).logits[:, -1].argmax(-1)
+                nxt = model(input_ids=x, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1)
                 nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
                 x = torch.cat([x, nxt[:, None]], 1)
                 done |= nxt == EOS
@@ -209,6 +223,31 @@ def accuracy(model, task: AdditionTask, pairs=None, batch_size: int = 512, digit
     "Exact-match accuracy of greedy answers (default: on the held-out pairs); `digits=True`: also the digit accuracy."
     pr = predictions(model, task, pairs, batch_size)
     return (float(pr.correct.mean()), float(pr.digits_right.mean())) if digits else float(pr.correct.mean())
+
+# %% ../../nbs/tokenizers/10_numbers.ipynb #3b9d5e21
+@torch.no_grad()
+def heldout_loss(model, task: AdditionTask, pairs=None, batch_size: int = 512) -> float:
+    "Mean teacher-forced loss per answer token (answer chunks and `<eos>`, nats) on the held-out pairs (default)."
+    pairs = task.eval_pairs if pairs is None else list(pairs)
+    dev = next(iter(model.parameters())).device
+    was_training = model.training; model.eval()
+    total, n = 0.0, 0
+    for s in range(0, len(pairs), batch_size):
+        ids, labels = task.batch(pairs[s:s + batch_size])
+        logits = model(input_ids=ids.to(dev)).logits[:, :-1].float()
+        y = labels[:, 1:].to(dev)
+        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="sum"))
+        n += int((y != -100).sum())
+    model.train(was_training)
+    return total / n
+
+def answer_entropy(task: AdditionTask, n: int = 20000, seed: int = 0) -> float:
+    "Unigram entropy (nats) of the answer tokens (chunks and `<eos>`) over `n` training-distribution additions: the loss of a model that learned only their frequencies."
+    counts: dict[int, int] = {}
+    for a, b in task.sample(torch.Generator().manual_seed(seed), n):
+        for t in answer_ids(a, b, task.scheme): counts[t] = counts.get(t, 0) + 1
+    p = torch.tensor(list(counts.values()), dtype=torch.float64); p /= p.sum()
+    return float(-(p * p.log()).sum())
 
 # %% ../../nbs/tokenizers/10_numbers.ipynb #18f92679
 def error_positions(preds: pd.DataFrame, by: list[str] | tuple = ()) -> pd.DataFrame:
