@@ -16,4 +16,5 @@ __getattr__, __dir__ = lazy_exports("tokenlab.lab", {
     "runner": ["run"],
     "params": ["require"],
     "notebooks": ["scrub_notebook", "execute_notebooks"],
+    "sensitivity": ["calibration_gate", "gated_verdict", "run_grid", "grid_summary", "sensitivity_figure"],
 })
