@@ -66,11 +66,11 @@ def _code_files(root: str, patterns: Sequence[str], skip: Sequence[str], limit: 
 
 def code_corpora(max_bytes: int = 2_000_000, min_bytes: int = 0) -> dict[str, str]:
     "Category name -> code text, one per language this machine has (Python stdlib, C, C++, JavaScript, Perl)."
-    out = {f"code-python{sys.version_info.major}.{sys.version_info.minor}-stdlib": _python_code(max_bytes)}
+    out = {"code-python-stdlib": _python_code(max_bytes)}      # this interpreter's standard library
     for lang, (root, pats, skip) in CODE_ROOTS.items(): out[f"code-{lang}"] = _code_files(root, pats, skip, max_bytes)
     return {k: v[:max_bytes] for k, v in out.items() if len(v[:max_bytes]) >= max(min_bytes, 1)}
 
-def fine_categories(max_bytes: int = 2_000_000, min_bytes: int = 20_000) -> dict[str, str]:
+def fine_categories(max_bytes: int = 2_000_000, min_bytes: int = 5_000) -> dict[str, str]:
     "English prose, UDHR text by script (each script its own category, Latin without English) and each code corpus."
     from tokenlab.lab import corpora
     cats = {"english": corpora.english_corpus(limit_bytes=max_bytes)}
@@ -167,10 +167,11 @@ def replay(counts: Counter, merges: Sequence[tuple[bytes, bytes]], pool: int = 5
 
 # %% ../../nbs/tokenizers/07_mixture.ipynb #72110721
 def _candidates(mcounts, tops):
-    "Flatten the competitor pools: step index, pair id, and the (n, N) matrix of merge-minus-competitor counts."
+    "Flatten the competitor pools: step of each candidate, its pair id, its counts K (sparse, categories x candidates)."
+    from scipy.sparse import csc_matrix
     n, T = mcounts.shape
     pid: dict = {}
-    ts, ps, rows_i, vals = [], [], [], []
+    ts, ps, ri, ci, vals = [], [], [], [], []
     for t in range(T):
         seen: dict = {}
         for i in range(n):
@@ -178,15 +179,16 @@ def _candidates(mcounts, tops):
                 j = seen.get(p)
                 if j is None:
                     j = seen[p] = len(ts); ts.append(t); ps.append(pid.setdefault(p, len(pid)))
-                rows_i.append((i, j)); vals.append(c)
-    N = len(ts)
-    K = np.zeros((n, N))
-    if N:
-        ii, jj = np.array(rows_i).T
-        K[ii, jj] = vals
-    t_of = np.array(ts, dtype=np.int64)
-    D = mcounts[:, t_of] - K if N else K                 # constraint j: alpha @ D[:, j] + v_t + v_p >= 0
-    return t_of, np.array(ps, dtype=np.int64), D, len(pid)
+                ri.append(i); ci.append(j); vals.append(c)
+    K = csc_matrix((vals, (ri, ci)), shape=(n, len(ts)))
+    return np.array(ts, dtype=np.int64), np.array(ps, dtype=np.int64), K, len(pid)
+
+def _margins(mcounts, t_of, K, js):
+    "Dense margins c_merge - c_competitor (categories x len(js)): constraint j is alpha @ margin_j + v_t + v_p >= 0."
+    return mcounts[:, t_of[js]] - K[:, js].toarray()
+
+def _chunked(N, f, size=50_000):
+    return np.concatenate([f(np.arange(a, min(a + size, N))) for a in range(0, N, size)]) if N else np.zeros(0)
 
 def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_add: int = 10, rounds: int = 50,
                   tol: float = 1e-9) -> tuple[np.ndarray, dict]:
@@ -194,9 +196,9 @@ def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_ad
     from scipy.optimize._highspy._core import _Highs, HighsModelStatus   # scipy's HiGHS bindings (warm start)
     mcounts = np.asarray(mcounts, dtype=float)
     n, T = mcounts.shape
-    t_of, p_of, D, P = _candidates(mcounts, tops)
+    t_of, p_of, K, P = _candidates(mcounts, tops)
     N = len(t_of)
-    best = D.min(0) if N else np.zeros(0)                     # most favourable-to-competitor category first
+    best = _chunked(N, lambda js: _margins(mcounts, t_of, K, js).min(0))   # the category most favourable to the competitor
     order = np.lexsort((best, t_of))                          # per step, competitors by their worst-case margin
     first = np.r_[0, np.flatnonzero(np.diff(t_of[order])) + 1] if N else np.zeros(0, int)
     rank = np.arange(N) - np.repeat(first, np.diff(np.r_[first, N])) if N else np.zeros(0, int)
@@ -209,7 +211,7 @@ def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_ad
     def add(js):
         k = len(js)
         idx = np.c_[np.tile(np.arange(n), (k, 1)), n + t_of[js], n + T + p_of[js]].astype(np.int32).ravel()
-        val = np.c_[D[:, js].T, np.ones(k), np.ones(k)].ravel()
+        val = np.c_[_margins(mcounts, t_of, K, js).T, np.ones(k), np.ones(k)].ravel()
         h.addRows(k, np.zeros(k), np.full(k, np.inf), len(idx), (np.arange(k) * (n + 2)).astype(np.int32), idx, val)
     add(np.flatnonzero(active))
     alpha, info, status = np.full(n, 1 / n), {}, "not solved"
@@ -220,7 +222,7 @@ def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_ad
         if status != "optimal": break
         x = np.asarray(h.getSolution().col_value)
         alpha, v_t, v_p = x[:n], x[n:n + T], x[n + T:]
-        slack = alpha @ D + v_t[t_of] + v_p[p_of]
+        slack = (alpha @ mcounts)[t_of] - K.T @ alpha + v_t[t_of] + v_p[p_of]
         viol = np.flatnonzero((slack < -tol) & ~active)
         info = {"rounds": r + 1, "constraints": int(active.sum()), "objective": float(h.getInfo().objective_function_value),
                 "violated_left": int(len(viol)), "candidates": int(N)}
