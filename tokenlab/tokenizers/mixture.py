@@ -190,7 +190,7 @@ def _margins(mcounts, t_of, K, js):
 def _chunked(N, f, size=50_000):
     return np.concatenate([f(np.arange(a, min(a + size, N))) for a in range(0, N, size)]) if N else np.zeros(0)
 
-def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_add: int = 10, rounds: int = 50,
+def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 20, k_add: int = 5, rounds: int = 200,
                   tol: float = 1e-9) -> tuple[np.ndarray, dict]:
     "alpha (n,) from per-category merge counts `mcounts` (n, T) and competitor counts `tops[i][t]`; plus solver info."
     from scipy.optimize._highspy._core import _Highs, HighsModelStatus   # scipy's HiGHS bindings (warm start)
