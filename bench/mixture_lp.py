@@ -201,7 +201,7 @@ def scale_axis(py: str | None, peer_dir: Path | None) -> dict:
                                                                "our_lp_constraints_mean_there": row["ours"]["constraints_mean"]}
                 for d in dirs: shutil.rmtree(d, ignore_errors=True)
             points.append(row)
-            print(f"scale {m} merges x {b:,} bytes: ours {row['ours']['seconds_replay_plus_lp']:.1f} s (LP {lp_s:.1f} s) (LP {lp_s:.1f} s), MAE {row['ours']['mae']:.3f}; "
+            print(f"scale {m} merges x {b:,} bytes: ours {row['ours']['seconds_replay_plus_lp']:.1f} s (LP {lp_s:.1f} s), MAE {row['ours']['mae']:.3f}; "
                   f"peer {row['peer']}", file=sys.stderr)
     return {"categories": names, "tokenizers": SCALE_TOK, "training_chars_max": SCALE_TOTAL, "points": points,
             "peer_first_refused": peer_stop, "true_mixtures": truths}
