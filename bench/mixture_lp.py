@@ -1,6 +1,6 @@
 """Data-mixture inference (Hayase et al. 2024): tokenlab.tokenizers.mixture vs the paper's solver (alisawuffles/tokenizer-attack)."""
 from __future__ import annotations
-import contextlib, json, os, subprocess, sys, tempfile, time
+import contextlib, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 DESCRIPTION = ("Data-mixture inference from a BPE merge list on N_TOK byte-level BPE tokenizers (HF trainer) trained on "
@@ -12,10 +12,19 @@ DESCRIPTION = ("Data-mixture inference from a BPE merge list on N_TOK byte-level
                "pysimdjson, in the interpreter $TOKATTACK_PYTHON). Its counting step needs the authors' Rust fork of HF "
                "tokenizers, which cannot be built here, so its input (all pair counts at every step, its JSON format) is "
                "written by our replay; same merges, same samples, same per-byte normalisation. Error: MSE and MAE of the "
-               "inferred shares against the true ones, averaged over tokenizers.")
+               "inferred shares against the true ones, averaged over tokenizers. Scale axis (`scale`): SCALE_TOK tokenizers trained "
+               "for the largest merge count on Dirichlet(1) mixtures of the 7 large categories of the mixture_inference notebook "
+               "(English, UDHR Latin, 5 code corpora), at each merges x bytes per category sample: ours (replay + LP, timed per "
+               "point) and the peer on the same input, in increasing size until Gurobi's size-limited licence refuses the model "
+               "(the error and the size are recorded; larger sizes are then not attempted for the peer). The peer's interpreter "
+               "is $TOKATTACK_PYTHON, or, with TOKATTACK_SETUP=1, a venv the benchmark creates from PyPI (gurobipy, pysimdjson, "
+               "tqdm, tokenizers, sentencepiece, numpy, scipy) at $TOKATTACK_VENV (default /tmp/tokattack-venv).")
 N_TOK, N_MERGES = 5, 100
 CATEGORY_BYTES, TOTAL_BYTES, SEED = 150_000, 60_000, 0
 MIRROR = Path("/work/.mirror/alisawuffles+tokenizer-attack/repo")
+SCALE_MERGES, SCALE_BYTES, SCALE_TOK, SCALE_TOTAL = (100, 300, 1000, 3000), (100_000, 1_000_000), 2, 1_000_000
+SCALE_CATEGORIES = ("english", "udhr-latin", "code-python-stdlib", "code-c", "code-c++", "code-javascript", "code-perl")
+PEER_PACKAGES = ("gurobipy", "pysimdjson", "tqdm", "tokenizers", "sentencepiece", "numpy", "scipy")
 PEER_FILES = ("run_solver.py", "utils.py", "constants.py", "llm_tokenizer_configs.py")
 
 _DRIVER = r"""
@@ -75,9 +84,20 @@ def _peer_dir() -> tuple[Path | None, str]:
     return d, f"alisawuffles/tokenizer-attack@{commit[:12]}"
 
 
+def _peer_setup() -> str | None:
+    "With TOKATTACK_SETUP=1 and no $TOKATTACK_PYTHON: a venv with the peer's PyPI dependencies (created once), its python."
+    if os.environ.get("TOKATTACK_PYTHON") or os.environ.get("TOKATTACK_SETUP") != "1": return None
+    venv = Path(os.environ.get("TOKATTACK_VENV", "/tmp/tokattack-venv"))
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    return str(py)
+
+
 def _peer_python() -> tuple[str | None, str]:
-    "An interpreter with gurobipy, prqrs and simdjson: $TOKATTACK_PYTHON or this one; else None and why."
-    py = os.environ.get("TOKATTACK_PYTHON", sys.executable)
+    "An interpreter with gurobipy, prqrs and simdjson: $TOKATTACK_PYTHON, the venv of _peer_setup, or this one; else None and why."
+    py = os.environ.get("TOKATTACK_PYTHON") or _peer_setup() or sys.executable
     r = subprocess.run([py, "-c", "import gurobipy, simdjson, tqdm, tokenizers, sentencepiece"], capture_output=True, text=True)
     if r.returncode: return None, (f"{py} lacks the peer's dependencies ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}); "
                                    "pip install gurobipy pysimdjson sentencepiece into a venv and set TOKATTACK_PYTHON")
@@ -106,6 +126,85 @@ def _errors(est: dict, true: dict) -> dict:
     import numpy as np
     e = np.array([est.get(c, 0.0) - true[c] for c in true])
     return {"mse": float((e ** 2).mean()), "mae": float(np.abs(e).mean())}
+
+
+def _write_peer_input(d: Path, merges, wc: dict, b2u) -> float:
+    "The peer's input folder (merges.txt, <category>/all_pair_counts.json, meta.json) from our replay; seconds spent."
+    t0 = time.perf_counter()
+    d.mkdir(parents=True)
+    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{''.join(b2u[x] for x in a)} {''.join(b2u[x] for x in b)}\n" for a, b in merges))
+    for c, counts in wc.items():
+        apc, nbytes = _all_pair_counts(counts, merges)
+        (d / c).mkdir(); (d / c / "all_pair_counts.json").write_text(json.dumps(apc))
+        (d / c / "meta.json").write_text(json.dumps({"byte_count": nbytes}))
+    return time.perf_counter() - t0
+
+
+def scale_axis(py: str | None, peer_dir: Path | None) -> dict:
+    "Ours vs the peer over merges x bytes per category sample (the peer until its licence refuses the model)."
+    import numpy as np
+    from tokenlab.tokenizers.train import train_tokenizer
+    from tokenlab.tokenizers.backends import byte_to_unicode
+    from tokenlab.tokenizers.mixture import fine_categories, split_category, mixture_corpus, merge_list, word_counts_of, solve_mixture, _replays
+    from tokenlab.tokenizers.segment import bpe_vocab
+    fc = fine_categories(2 * max(SCALE_BYTES) + 200_000)
+    names = [c for c in SCALE_CATEGORIES if c in fc]
+    split = {k: split_category(fc[k], 0.5) for k in names}
+    pools, full = {k: p for k, (p, _) in split.items()}, {k: s for k, (_, s) in split.items()}
+    rng, b2u = np.random.default_rng(SEED), byte_to_unicode()
+    toks, truths = [], []
+    for k in range(SCALE_TOK):
+        w = rng.dirichlet(np.ones(len(names)))
+        total = int(min(SCALE_TOTAL, *(len(pools[c]) / w[i] for i, c in enumerate(names))))
+        toks.append(train_tokenizer(mixture_corpus(pools, dict(zip(names, w)), total, seed=SEED + k), "bpe", 256 + max(SCALE_MERGES), name=f"scale{k}"))
+        truths.append(dict(zip(names, w.tolist())))
+    vocab0 = bpe_vocab(toks[0])       # one pre-tokeniser for all (same trainer)
+    work = Path(tempfile.mkdtemp(prefix="mixture-lp-scale-"))
+    points, peer_stop = [], None
+    for b in SCALE_BYTES:
+        smp = {c: full[c][:b] for c in names}
+        t0 = time.perf_counter(); wc = {c: word_counts_of(s, vocab0) for c, s in smp.items()}; wc_s = time.perf_counter() - t0
+        peer_failed_here = False
+        for m in SCALE_MERGES:
+            row = {"merges": m, "sample_bytes": b, "sample_chars_min": min(map(len, smp.values())), "word_count_s": wc_s}
+            ests, infos, secs, lp_s = [], [], 0.0, 0.0
+            for tok in toks:
+                t0 = time.perf_counter(); _, mc, tops = _replays(tok, smp, m, 30, wc)
+                t1 = time.perf_counter(); alpha, info = solve_mixture(mc, tops); t2 = time.perf_counter()
+                secs += t2 - t0; lp_s += t2 - t1
+                ests.append(dict(zip(names, alpha.tolist()))); infos.append(info)
+            row["ours"] = {"seconds_replay_plus_lp": secs, "seconds_lp": lp_s, "mae": float(np.mean([_errors(e, t)["mae"] for e, t in zip(ests, truths)])),
+                           "lp_status": [i["status"] for i in infos], "constraints_mean": float(np.mean([i["constraints"] for i in infos])),
+                           "candidates_mean": float(np.mean([i["candidates"] for i in infos])), "lp_rounds_mean": float(np.mean([i["rounds"] for i in infos]))}
+            row["uniform_mae"] = float(np.mean([_errors({c: 1 / len(names) for c in names}, t)["mae"] for t in truths]))
+            if py is None or peer_dir is None: row["peer"] = {"not_run": "peer unavailable"}
+            elif peer_failed_here: row["peer"] = {"not_run": f"refused at a smaller size on this sample ({peer_stop['merges']} merges)"}
+            else:
+                dirs, prep = [], 0.0
+                for k, tok in enumerate(toks):
+                    d = work / f"b{b}-m{m}-t{k}"; prep += _write_peer_input(d, merge_list(tok, m), wc, b2u); dirs.append(d)
+                r = subprocess.run([py, "-c", _DRIVER, str(peer_dir), str(m), *map(str, dirs)], capture_output=True, text=True)
+                if r.returncode:
+                    row["peer"] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode)}
+                else:
+                    sols = json.loads(r.stdout.strip().splitlines()[-1])["runs"]
+                    errs = [s["error"] for s in sols if "error" in s]
+                    ok = [k for k, s in enumerate(sols) if "error" not in s]
+                    row["peer"] = {"solved": f"{len(ok)}/{len(sols)}", "seconds_lp": sum(sols[k]["solve_s"] for k in ok),
+                                   "input_prep_by_our_replay_s": prep}
+                    if ok: row["peer"]["mae"] = float(np.mean([_errors(sols[k]["lang_vals"], truths[k])["mae"] for k in ok]))
+                    if errs:
+                        row["peer"]["error"] = errs[0]
+                        if not ok:
+                            peer_failed_here = True
+                            if peer_stop is None: peer_stop = {"merges": m, "sample_bytes": b, "error": errs[0],
+                                                               "our_lp_constraints_mean_there": row["ours"]["constraints_mean"]}
+                for d in dirs: shutil.rmtree(d, ignore_errors=True)
+            points.append(row)
+            print(f"scale {m} merges x {b:,} bytes: ours {row['ours']['seconds_replay_plus_lp']:.1f} s (LP {lp_s:.1f} s), MAE {row['ours']['mae']:.3f}; "
+                  f"peer {row['peer']}", file=sys.stderr)
+    return {"categories": names, "tokenizers": SCALE_TOK, "training_chars_max": SCALE_TOTAL, "points": points,
+            "peer_first_refused": peer_stop, "true_mixtures": truths}
 
 
 def run() -> dict:
@@ -163,6 +262,7 @@ def run() -> dict:
            "estimates": {"ours": est_ours, "all_at_once": est_all}}
     d, where = _peer_dir()
     py, why = _peer_python() if d is not None else (None, where)
+    if os.environ.get("MIXTURE_LP_SCALE", "1") == "1": res["scale"] = scale_axis(py, d)
     if py is None:
         res["peer_unavailable"] = why
         return res

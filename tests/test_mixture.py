@@ -32,3 +32,37 @@ def test_errors():
     with pytest.raises(TokenlabError, match="empty"): infer_mixture("gpt2", {"a": " \n"}, n_merges=5)
     with pytest.raises(TokenlabError, match="too short"): split_category("x")
     with pytest.raises(TokenlabError, match="asks for"): mixture_corpus({"a": "x" * 10}, {"a": 1.0}, 100)
+
+
+def test_lazy_constraints_reach_the_all_at_once_optimum():
+    import numpy as np
+    from tokenlab.tokenizers.mixture import solve_mixture
+    rng = np.random.default_rng(3)
+    mc = rng.random((4, 60))
+    tops = [[{(b"q", bytes([j])): float(rng.random() * 1.2) for j in range(15)} for _ in range(60)] for _ in range(4)]
+    a1, i1 = solve_mixture(mc, tops, k0=1, k_add=3)
+    a2, i2 = solve_mixture(mc, tops, k0=10**9)
+    assert i1["status"] == i2["status"] == "optimal" and i1["rounds"] > 1 and i1["constraints"] < i2["constraints"]
+    assert abs(i1["objective"] - i2["objective"]) < 1e-9 and abs(a1.sum() - 1) < 1e-9
+
+
+def test_infer_mixtures_matches_infer_mixture_per_merge_count():
+    from tokenlab.tokenizers.mixture import infer_mixtures
+    cats = {k: v for k, v in default_categories(100_000).items() if k.startswith(("english", "python"))}
+    sp = {k: split_category(v) for k, v in cats.items()}
+    tok = train_tokenizer(mixture_corpus({k: p for k, (p, _) in sp.items()}, dict(zip(cats, [0.7, 0.3])), 60_000), "bpe", 256 + 120)
+    samples = {k: s for k, (_, s) in sp.items()}
+    many = infer_mixtures(tok, samples, [40, 120])
+    for (est, info), m in zip(many, [40, 120]):
+        one, _ = infer_mixture(tok, samples, n_merges=m)
+        assert info["merges"] == m and info["status"] == "optimal" and (abs(est - one) < 1e-9).all()
+
+
+def test_fine_categories_and_coarse_shares():
+    import pandas as pd
+    from tokenlab.tokenizers.mixture import fine_categories, coarse_shares
+    fc = fine_categories(30_000)
+    assert "english" in fc and "udhr-latin" in fc and any(k.startswith("code-python") for k in fc)
+    assert all(5_000 <= len(v) <= 30_000 for v in fc.values())
+    cs = coarse_shares(pd.Series({"english": 0.3, "udhr-han": 0.1, "code-c": 0.6}))
+    assert abs(cs["code"] - 0.6) < 1e-12 and abs(cs["non_english_of_language"] - 0.25) < 1e-12

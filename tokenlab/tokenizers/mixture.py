@@ -16,8 +16,9 @@ from .bpe import BPEState, apply_merge, next_pair, init_state, merge_parts, read
 from .segment import bpe_vocab
 
 # %% auto #0
-__all__ = ['default_categories', 'split_category', 'mixture_corpus', 'merges_from_ranks', 'merge_list', 'word_counts_of',
-           'replay', 'solve_mixture', 'infer_mixture']
+__all__ = ['CODE_ROOTS', 'default_categories', 'code_corpora', 'fine_categories', 'coarse_shares', 'split_category',
+           'mixture_corpus', 'merges_from_ranks', 'merge_list', 'word_counts_of', 'replay', 'solve_mixture',
+           'infer_mixture', 'infer_mixtures']
 
 # %% ../../nbs/tokenizers/07_mixture.ipynb #14e81568
 def _python_code(limit: int) -> str:
@@ -44,6 +45,45 @@ def default_categories(max_bytes: int = 2_000_000) -> dict[str, str]:
             f"python{sys.version_info.major}.{sys.version_info.minor}-stdlib": _python_code(max_bytes)}
     for s in ("Latin", "Cyrillic", "Arabic", "Devanagari", "Han"): cats[f"udhr-{s.lower()}"] = _udhr_script(s)
     return {k: v[:max_bytes] for k, v in cats.items()}
+
+# %% ../../nbs/tokenizers/07_mixture.ipynb #7a67998d
+CODE_ROOTS = {"c": ("/usr/include", ("*.h",), ("c++", "llvm-14", "node")),
+              "c++": ("/usr/include/c++", ("*",), ()),
+              "javascript": ("/usr/lib/node_modules/npm", ("*.js",), ()),
+              "perl": ("/usr/share/perl", ("*.pm", "*.pl"), ())}
+
+def _code_files(root: str, patterns: Sequence[str], skip: Sequence[str], limit: int) -> str:
+    r = Path(root)
+    if not r.is_dir(): return ""
+    files = sorted({f for pat in patterns for f in r.rglob(pat) if f.is_file() and not set(f.relative_to(r).parts) & set(skip)})
+    out, n = [], 0
+    for f in files:
+        try: t = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError): continue
+        out.append(t); n += len(t)
+        if n >= limit: break
+    return "\n".join(out)
+
+def code_corpora(max_bytes: int = 2_000_000, min_bytes: int = 0) -> dict[str, str]:
+    "Category name -> code text, one per language this machine has (Python stdlib, C, C++, JavaScript, Perl)."
+    out = {"code-python-stdlib": _python_code(max_bytes)}      # this interpreter's standard library
+    for lang, (root, pats, skip) in CODE_ROOTS.items(): out[f"code-{lang}"] = _code_files(root, pats, skip, max_bytes)
+    return {k: v[:max_bytes] for k, v in out.items() if len(v[:max_bytes]) >= max(min_bytes, 1)}
+
+def fine_categories(max_bytes: int = 2_000_000, min_bytes: int = 5_000) -> dict[str, str]:
+    "English prose, UDHR text by script (each script its own category, Latin without English) and each code corpus."
+    from tokenlab.lab import corpora
+    cats = {"english": corpora.english_corpus(limit_bytes=max_bytes)}
+    for s in sorted(corpora.udhr_languages().script.unique()): cats[f"udhr-{s.lower().replace(' ', '_')}"] = _udhr_script(s)
+    cats = {k: v[:max_bytes] for k, v in cats.items() if len(v[:max_bytes]) >= min_bytes}
+    return cats | code_corpora(max_bytes, min_bytes)
+
+def coarse_shares(est: pd.Series) -> pd.Series:
+    "The paper's coarse shares from fine estimates: code, natural language, English, non-English of natural language."
+    code = est[[k for k in est.index if k.startswith(("code-", "python"))]].sum()
+    eng = est.get("english", 0.0); nat = 1 - code
+    return pd.Series({"code": code, "natural_language": nat, "english": eng,
+                      "non_english_of_language": (nat - eng) / nat if nat > 0 else np.nan}, name=est.name)
 
 # %% ../../nbs/tokenizers/07_mixture.ipynb #f7a0a7c7
 def split_category(text: str, sample_frac: float = 0.3, block: int = 2000) -> tuple[str, str]:
@@ -126,55 +166,101 @@ def replay(counts: Counter, merges: Sequence[tuple[bytes, bytes]], pool: int = 5
     return mcount, tops
 
 # %% ../../nbs/tokenizers/07_mixture.ipynb #72110721
-def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 5, k_add: int = 10, rounds: int = 8) -> tuple[np.ndarray, dict]:
-    "alpha (n,) from per-category merge counts `mcounts` (n, T) and competitor counts `tops[i][t]`; plus solver info."
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix
+def _candidates(mcounts, tops):
+    "Flatten the competitor pools: step of each candidate, its pair id, its counts K (sparse, categories x candidates)."
+    from scipy.sparse import csc_matrix
     n, T = mcounts.shape
-    cand = [sorted({p for i in range(n) for p in tops[i][t]}) for t in range(T)]
-    cnt = lambda i, t, p: tops[i][t].get(p, 0.0)
-    def key(t): return lambda p: -max(cnt(i, t, p) for i in range(n))
-    active = {(t, p) for t in range(T) for p in sorted(cand[t], key=key(t))[:k0]}
-    pairs_idx: dict = {}
-    alpha, info = np.full(n, 1 / n), {}
+    pid: dict = {}
+    ts, ps, ri, ci, vals = [], [], [], [], []
+    for t in range(T):
+        seen: dict = {}
+        for i in range(n):
+            for p, c in tops[i][t].items():
+                j = seen.get(p)
+                if j is None:
+                    j = seen[p] = len(ts); ts.append(t); ps.append(pid.setdefault(p, len(pid)))
+                ri.append(i); ci.append(j); vals.append(c)
+    K = csc_matrix((vals, (ri, ci)), shape=(n, len(ts)))
+    return np.array(ts, dtype=np.int64), np.array(ps, dtype=np.int64), K, len(pid)
+
+def _margins(mcounts, t_of, K, js):
+    "Dense margins c_merge - c_competitor (categories x len(js)): constraint j is alpha @ margin_j + v_t + v_p >= 0."
+    return mcounts[:, t_of[js]] - K[:, js].toarray()
+
+def _chunked(N, f, size=50_000):
+    return np.concatenate([f(np.arange(a, min(a + size, N))) for a in range(0, N, size)]) if N else np.zeros(0)
+
+def solve_mixture(mcounts: np.ndarray, tops: list[list[dict]], k0: int = 20, k_add: int = 5, rounds: int = 200,
+                  tol: float = 1e-9) -> tuple[np.ndarray, dict]:
+    "alpha (n,) from per-category merge counts `mcounts` (n, T) and competitor counts `tops[i][t]`; plus solver info."
+    from scipy.optimize._highspy._core import _Highs, HighsModelStatus   # scipy's HiGHS bindings (warm start)
+    mcounts = np.asarray(mcounts, dtype=float)
+    n, T = mcounts.shape
+    t_of, p_of, K, P = _candidates(mcounts, tops)
+    N = len(t_of)
+    best = _chunked(N, lambda js: _margins(mcounts, t_of, K, js).min(0))   # the category most favourable to the competitor
+    order = np.lexsort((best, t_of))                          # per step, competitors by their worst-case margin
+    first = np.r_[0, np.flatnonzero(np.diff(t_of[order])) + 1] if N else np.zeros(0, int)
+    rank = np.arange(N) - np.repeat(first, np.diff(np.r_[first, N])) if N else np.zeros(0, int)
+    active = np.zeros(N, bool); active[order[rank < k0]] = True
+    h = _Highs(); h.setOptionValue("output_flag", False); h.setOptionValue("threads", 1)
+    nv = n + T + P
+    cost = np.r_[np.zeros(n), np.ones(T + P)]
+    h.addCols(nv, cost, np.zeros(nv), np.full(nv, np.inf), 0, np.zeros(nv, np.int32), np.zeros(0, np.int32), np.zeros(0))
+    h.addRows(1, np.ones(1), np.ones(1), n, np.zeros(1, np.int32), np.arange(n, dtype=np.int32), np.ones(n))
+    def add(js):
+        k = len(js)
+        idx = np.c_[np.tile(np.arange(n), (k, 1)), n + t_of[js], n + T + p_of[js]].astype(np.int32).ravel()
+        val = np.c_[_margins(mcounts, t_of, K, js).T, np.ones(k), np.ones(k)].ravel()
+        h.addRows(k, np.zeros(k), np.full(k, np.inf), len(idx), (np.arange(k) * (n + 2)).astype(np.int32), idx, val)
+    add(np.flatnonzero(active))
+    alpha, info, status = np.full(n, 1 / n), {}, "not solved"
     for r in range(rounds):
-        rows = sorted(active)
-        for _, p in rows: pairs_idx.setdefault(p, len(pairs_idx))
-        nv = n + T + len(pairs_idx)
-        data, ri, ci = [], [], []
-        for k, (t, p) in enumerate(rows):           # -(sum_i a_i (c_im - c_ip)) - v_t - v_p <= 0
-            for i in range(n): data.append(-(mcounts[i, t] - cnt(i, t, p))); ri.append(k); ci.append(i)
-            data += [-1.0, -1.0]; ri += [k, k]; ci += [n + t, n + T + pairs_idx[p]]
-        A = coo_matrix((data, (ri, ci)), shape=(len(rows), nv)).tocsr()
-        c = np.r_[np.zeros(n), np.ones(T + len(pairs_idx))]
-        res = linprog(c, A_ub=A, b_ub=np.zeros(len(rows)), A_eq=np.r_[np.ones(n), np.zeros(nv - n)][None], b_eq=[1.0],
-                      bounds=[(0, None)] * nv, method="highs")
-        if res.status != 0: raise TokenlabError(f"the mixture LP failed: {res.message}")
-        alpha = res.x[:n]
-        viol = []
-        for t in range(T):
-            m_score = alpha @ mcounts[:, t]
-            for p in cand[t]:
-                if (t, p) in active: continue
-                s = sum(alpha[i] * cnt(i, t, p) for i in range(n)) - m_score
-                if s > 1e-12: viol.append((s, t, p))
-        info = {"rounds": r + 1, "constraints": len(rows), "objective": float(res.fun), "violated_left": len(viol)}
-        if not viol: break
-        active |= {(t, p) for _, t, p in sorted(viol, reverse=True)[: k_add * T]}
-    return alpha, info
+        h.run()
+        st = h.getModelStatus()
+        status = "optimal" if st == HighsModelStatus.kOptimal else h.modelStatusToString(st)
+        if status != "optimal": break
+        x = np.asarray(h.getSolution().col_value)
+        alpha, v_t, v_p = x[:n], x[n:n + T], x[n + T:]
+        slack = (alpha @ mcounts)[t_of] - K.T @ alpha + v_t[t_of] + v_p[p_of]
+        viol = np.flatnonzero((slack < -tol) & ~active)
+        info = {"rounds": r + 1, "constraints": int(active.sum()), "objective": float(h.getInfo().objective_function_value),
+                "violated_left": int(len(viol)), "candidates": int(N)}
+        if not len(viol): break
+        viol = viol[np.argsort(slack[viol])[: k_add * T]]
+        active[viol] = True; add(viol)
+    alpha = np.clip(alpha, 0, None); alpha = alpha / alpha.sum() if alpha.sum() > 0 else alpha
+    return alpha, info | {"status": status if not info.get("violated_left") else "violations left"}
+
 
 # %% ../../nbs/tokenizers/07_mixture.ipynb #449c1bfb
-def infer_mixture(tok: Tokenizer | str, samples: Mapping[str, str], n_merges: int = 1000, start: int = 0,
-                  pool: int = 30, **lp) -> tuple[pd.Series, dict]:
-    "Estimated mixture (category -> share) of `tok`'s training data from its first merges, with solver info."
-    tok = load_tokenizer(tok) if isinstance(tok, str) else tok
-    if not samples: raise TokenlabError("infer_mixture needs at least one category sample")
-    merges = merge_list(tok, start + n_merges)      # the first `start` merges are replayed but constrain nothing
-    vocab = bpe_vocab(tok)
+def _replays(tok: Tokenizer, samples: Mapping[str, str], n: int, pool: int, counts: Mapping[str, Counter] | None):
+    merges = merge_list(tok, n)
+    vocab = bpe_vocab(tok) if counts is None else None
     mc, tops = [], []
     for name, text in samples.items():
         if not text.strip(): raise TokenlabError(f"category sample {name!r} is empty")
-        m, tp = replay(word_counts_of(text, vocab), merges, pool)
-        mc.append(m[start:]); tops.append(tp[start:])
-    alpha, info = solve_mixture(np.array(mc), tops, **lp)
+        m, tp = replay(counts[name] if counts is not None else word_counts_of(text, vocab), merges, pool)
+        mc.append(m); tops.append(tp)
+    return merges, np.array(mc), tops
+
+def infer_mixture(tok: Tokenizer | str, samples: Mapping[str, str], n_merges: int = 1000, start: int = 0,
+                  pool: int = 30, counts: Mapping[str, Counter] | None = None, **lp) -> tuple[pd.Series, dict]:
+    "Estimated mixture (category -> share) of `tok`'s training data from its first merges, with solver info."
+    tok = load_tokenizer(tok) if isinstance(tok, str) else tok
+    if not samples: raise TokenlabError("infer_mixture needs at least one category sample")
+    merges, mc, tops = _replays(tok, samples, start + n_merges, pool, counts)   # the first `start` merges constrain nothing
+    alpha, info = solve_mixture(mc[:, start:], [t[start:] for t in tops], **lp)
     return pd.Series(alpha, index=list(samples), name=tok.name), info | {"merges": len(merges) - start}
+
+def infer_mixtures(tok: Tokenizer | str, samples: Mapping[str, str], merge_counts: Sequence[int], pool: int = 30,
+                   counts: Mapping[str, Counter] | None = None, **lp) -> list[tuple[pd.Series, dict]]:
+    "`infer_mixture` from the first m merges for every m in `merge_counts`, from one replay of the largest."
+    tok = load_tokenizer(tok) if isinstance(tok, str) else tok
+    if not samples: raise TokenlabError("infer_mixture needs at least one category sample")
+    merges, mc, tops = _replays(tok, samples, max(merge_counts), pool, counts)
+    out = []
+    for m in merge_counts:
+        alpha, info = solve_mixture(mc[:, :m], [t[:m] for t in tops], **lp)
+        out.append((pd.Series(alpha, index=list(samples), name=tok.name), info | {"merges": min(m, len(merges))}))
+    return out
