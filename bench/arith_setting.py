@@ -32,6 +32,8 @@ SETTINGS = {
     "d128x2_b64_6k_cur_lr1e-3": dict(d_model=128, steps=6000, warmup=300, **{**_C, "lr": 1e-3}),
     "ops2-3_d64x2_b64_2k_cur": dict(operand_digits=[2, 3], steps=2000, warmup=100, **_C),
     "ops2-3_d64x2_b64_4k_cur": dict(operand_digits=[2, 3], steps=4000, warmup=200, **_C),
+    "d64x2_b64_8k_cur": dict(steps=8000, warmup=400, **_C),
+    "ops2-3_d64x2_b64_12k_cur": dict(operand_digits=[2, 3], steps=12000, warmup=600, **_C),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "arith_setting.json"
 
