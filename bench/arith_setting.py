@@ -41,7 +41,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "arith_setting.json"
 def train_one(setting: dict, scheme: str, seed: int = SEED, n_eval: int = N_EVAL) -> dict:
     "Train one tiny Llama on `setting` for `scheme`; final held-out exact match, its curve and CPU seconds."
     import torch
-    from tokenlab.tokenizers.numbers import AdditionTask, accuracy
+    from tokenlab.tokenizers.numbers import AdditionTask
     from tokenlab.models.trainer import tiny_llama, train_lm
     torch.set_num_threads(1)
     s = {**BASE, **setting}

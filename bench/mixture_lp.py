@@ -1,6 +1,6 @@
 """Data-mixture inference (Hayase et al. 2024): tokenlab.tokenizers.mixture vs the paper's solver (alisawuffles/tokenizer-attack)."""
 from __future__ import annotations
-import contextlib, json, os, shutil, subprocess, sys, tempfile, time
+import json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 DESCRIPTION = ("Data-mixture inference from a BPE merge list on N_TOK byte-level BPE tokenizers (HF trainer) trained on "
@@ -220,7 +220,7 @@ def run() -> dict:
     names, rng = list(cats), np.random.default_rng(SEED)
     b2u = byte_to_unicode()
     work = Path(tempfile.mkdtemp(prefix="mixture-lp-"))
-    truths, toks, dirs = [], [], []
+    truths, dirs = [], []
     ours = {"infer_s": 0.0, "lp_s": 0.0, "all_at_once_lp_s": 0.0}
     est_ours, est_all, info_ours, prep_s = [], [], [], 0.0
     for k in range(N_TOK):
